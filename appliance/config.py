@@ -1,0 +1,97 @@
+"""The device agent's configuration, read from TOML into a frozen dataclass.
+
+docs/configuration.md and ``appliance example-config`` show every key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yarl
+
+from overlay import configfile, log, wire
+from overlay.tun import IFNAMSIZ
+
+EXAMPLE = Path(__file__).with_name("example.toml")
+MAX_SERVERS = 9  # one primary and up to 8 backups, as H3C devices allow
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    device_id: str
+    vrf: str
+    urls: tuple[str, ...]
+    ca_file: Path | None
+    server_name: str | None
+    username: str
+    password: str
+    connect_timeout: float
+    tun_name: str
+    min_delay: float
+    max_delay: float
+    state_dir: Path
+    log_level: str
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / f"{self.device_id}.sock"
+
+
+def load_appliance_config(path: str | Path) -> ApplianceConfig:
+    root = configfile.load(path)
+    device = root.table("device", required=True)
+    server = root.table("server", required=True)
+    tun = root.table("tun")
+    reconnect = root.table("reconnect")
+    state = root.table("state")
+    logging = root.table("log")
+
+    device_id = device.string("id")
+    if not wire.NAME.fullmatch(device_id):
+        device.fail("id", f"{device_id!r} must be 1-64 of A-Z a-z 0-9 . _ : - (a serial number)")
+    vrf = device.string("vrf", wire.DEFAULT_VRF)
+    if not wire.NAME.fullmatch(vrf):
+        device.fail("vrf", f"{vrf!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    urls = server.strings("urls")
+    if not 1 <= len(urls) <= MAX_SERVERS:
+        server.fail("urls", f"give 1 to {MAX_SERVERS} servers (a primary and up to 8 backups)")
+    for url in urls:
+        check_url(server, url)
+    password = configfile.read_secret(server, "password", "password_file")
+    if password is None:
+        server.fail("password_file", "is required (or password)")
+    tun_name = tun.string("name", "ovl0")
+    if len(tun_name) > IFNAMSIZ:
+        tun.fail("name", f"{tun_name!r} is longer than {IFNAMSIZ} characters")
+    min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
+    max_delay = reconnect.number("max_delay", 60.0, low=min_delay, high=3600)
+    config = ApplianceConfig(
+        device_id=device_id,
+        vrf=vrf,
+        urls=tuple(urls),
+        ca_file=server.optional_file("ca_file"),
+        server_name=server.optional_str("server_name"),
+        username=server.string("username"),
+        password=password,
+        connect_timeout=server.number("connect_timeout", 15.0, low=1, high=300),
+        tun_name=tun_name,
+        min_delay=min_delay,
+        max_delay=max_delay,
+        state_dir=(root.path.parent / state.string("dir", "/run/appliance")).resolve(),
+        log_level=logging.choice("level", log.LEVELS, "info"),
+    )
+    for table in (device, server, tun, reconnect, state, logging, root):
+        table.done()
+    return config
+
+
+def check_url(table: configfile.Table, url: str) -> None:
+    try:
+        parsed = yarl.URL(url)
+    except ValueError as exc:
+        table.fail("urls", f"{url!r} is not a URL: {exc}")
+    if parsed.scheme != "wss":
+        table.fail("urls", f"{url!r} must start with wss:// (the tunnel always uses TLS)")
+    if not parsed.host:
+        table.fail("urls", f"{url!r} has no host")

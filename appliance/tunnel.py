@@ -1,0 +1,241 @@
+"""One tunnel from this device to the overlay: connect, hello, bridge, keepalive, reconnect.
+
+Theory of operation. The agent creates its TUN at start (so a missing
+permission is reported at once), then loops: try the servers in failover
+order; on a hello, give the TUN the leased address and MTU and bridge packets
+until the connection ends; then wait a jittered backoff and try again. The TUN
+and its address stay in place across reconnects, so local applications never
+see the address vanish. States and their changes::
+
+    CONNECTING --hello--> UP --connection lost--> BACKOFF --wait over--> CONNECTING
+         |                                          ^
+         +---------------attempt failed-------------+
+    (any) --stop--> STOPPED
+
+Each change of state is logged once, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import os
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+import yarl
+
+from appliance.config import ApplianceConfig
+from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
+from appliance.failover import ServerOrder, backoff
+from overlay import bridge, wire
+from overlay.exceptions import HelloError, TunError
+from overlay.session import Counters, Keepalive
+from overlay.tun import Tun
+
+HELLO_TIMEOUT = 10.0
+MAX_RECEIVE = 16 << 20  # the largest max_message a server may announce
+
+REFUSALS = {
+    400: "the server found the request malformed",
+    401: "the server refused the credentials of user {user!r}; check username and password",
+    403: "the server refused device {device!r}: not enrolled, or unbound",
+    404: "the server has no tunnel endpoint at {path}; check the path in the URL",
+    426: "the server does not speak protocol " + wire.SUBPROTOCOL,
+    429: "the server refused: too many failed attempts from this address",
+    503: "the server has no free overlay address",
+}
+
+
+class TunnelState(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+def client_tls(config: ApplianceConfig) -> ssl.SSLContext:
+    """Verify the server's chain and name, TLS 1.2 or newer."""
+    context = ssl.create_default_context(
+        cafile=str(config.ca_file) if config.ca_file is not None else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def explain(exc: BaseException, url: str, config: ApplianceConfig) -> ConnectError:
+    """Turn what aiohttp raised into one sentence an operator can act on."""
+    target = yarl.URL(url)
+    where = f"{target.host}:{target.port}"
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        template = REFUSALS.get(exc.status, "the server refused the tunnel")
+        message = template.format(user=config.username, device=config.device_id, path=target.path)
+        return RefusedError(f"{url}: {message} (HTTP {exc.status})", exc.status)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        name = config.server_name or target.host
+        reason = getattr(exc.certificate_error, "verify_message", None) or str(
+            exc.certificate_error
+        )
+        ca = config.ca_file or "the system trust store"
+        return CertificateError(
+            f"{url}: the server certificate did not verify for {name!r}: {reason} (trusting {ca})"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return UnreachableError(f"{url}: TLS handshake with {where} failed: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+        return UnreachableError(f"{url}: cannot connect to {where}: {reason}")
+    if isinstance(exc, TimeoutError):
+        return UnreachableError(f"{url}: no answer from {where} in time")
+    if isinstance(exc, HelloError):
+        return ConnectError(f"{url}: {exc}")
+    return UnreachableError(f"{url}: connection failed: {exc or type(exc).__name__}")
+
+
+class DeviceTunnel:
+    """The device's tunnel for one VRF, kept up until stopped."""
+
+    def __init__(self, config: ApplianceConfig, tun: Tun) -> None:
+        self.config = config
+        self.tun = tun
+        self.tls = client_tls(config)
+        self.order = ServerOrder(list(config.urls))
+        self.state = TunnelState.CONNECTING
+        self.since = time.time()
+        self.server: str | None = None
+        self.hello: wire.Hello | None = None
+        self.last_error: str | None = None
+        self.counters = Counters()
+        self.log = structlog.get_logger("appliance.tunnel").bind(
+            device=config.device_id, vrf=config.vrf
+        )
+
+    def _enter(self, state: TunnelState, **why: Any) -> None:
+        if state is not self.state:
+            self.state = state
+            self.since = time.time()
+            self.log.info("tunnel " + state.value, **why)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the tunnel up until ``stop`` is set."""
+        delays = backoff(self.config.min_delay, self.config.max_delay)
+        while not stop.is_set():
+            for url in self.order.round():
+                self._enter(TunnelState.CONNECTING, server=url)
+                try:
+                    await self._connect(url, stop)
+                except ConnectError as exc:
+                    self.last_error = str(exc)
+                    self.log.warning("tunnel attempt failed", error=str(exc))
+                    if isinstance(exc, RefusedError) and exc.status in (401, 403):
+                        delays = backoff(self.config.max_delay, self.config.max_delay)
+                    continue
+                delays = backoff(
+                    self.config.min_delay, self.config.max_delay
+                )  # it was up: start over
+                break
+            if stop.is_set():
+                break
+            delay = next(delays)
+            self._enter(TunnelState.BACKOFF, retry_in=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        self._enter(TunnelState.STOPPED)
+
+    async def _connect(self, url: str, stop: asyncio.Event) -> None:
+        """One connection, bridged until it ends; raises ConnectError when it never came up."""
+        config = self.config
+        timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                ws = await asyncio.wait_for(
+                    http.ws_connect(
+                        url,
+                        protocols=(wire.SUBPROTOCOL,),
+                        headers={wire.HEADER_DEVICE: config.device_id, wire.HEADER_VRF: config.vrf},
+                        auth=aiohttp.BasicAuth(config.username, config.password),
+                        ssl=self.tls,
+                        server_hostname=config.server_name,
+                        autoping=False,
+                        compress=0,
+                        max_msg_size=MAX_RECEIVE,
+                    ),
+                    config.connect_timeout,
+                )
+                async with ws:
+                    hello = await self._receive_hello(ws)
+                    self.order.connected(url)
+                    await self._bridge(ws, url, hello, stop)
+        except TunError:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError, HelloError) as exc:
+            raise explain(exc, url, config) from None
+
+    async def _receive_hello(self, ws: aiohttp.ClientWebSocketResponse) -> wire.Hello:
+        message = await ws.receive(timeout=HELLO_TIMEOUT)
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            raise HelloError(f"expected a hello, got a {message.type.name.lower()} message")
+        return wire.Hello.parse(message.data)
+
+    async def _bridge(
+        self, ws: aiohttp.ClientWebSocketResponse, url: str, hello: wire.Hello, stop: asyncio.Event
+    ) -> None:
+        address = ipaddress.IPv4Interface(f"{hello.address}/{hello.prefix}")
+        if self.hello is not None and self.hello.address != hello.address:
+            self.log.warning("overlay address changed", old=self.hello.address, new=hello.address)
+        await self.tun.configure(address, hello.mtu)
+        self.hello, self.server, self.last_error = hello, url, None
+        self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
+        keepalive = Keepalive(hello.ping_interval)
+        tasks = {
+            asyncio.create_task(
+                bridge.receive(
+                    ws,
+                    lambda frame: bridge.deliver(frame, self.tun, self.counters),
+                    keepalive,
+                    self.counters,
+                )
+            ): "closed",
+            asyncio.create_task(
+                bridge.pump(self.tun, ws, hello.max_message, self.counters)
+            ): "send",
+            asyncio.create_task(bridge.keep_alive(ws, keepalive)): "keepalive",
+            asyncio.create_task(stop.wait()): "stop",
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        ended = tasks[done.pop()]
+        if ended == "stop":
+            await ws.close(code=wire.CloseCode.NORMAL, message=b"device stopping")
+            return
+        if ended == "keepalive":
+            self.last_error = f"server silent for {keepalive.timeout:.0f} s"
+        else:
+            code = ws.close_code
+            self.last_error = f"server closed the tunnel (code {code})"
+            if code == wire.CloseCode.GOING_AWAY:
+                self.last_error = "server going away (1001)"
+        self.log.warning("tunnel lost", reason=self.last_error)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.config.device_id,
+            "vrf": self.config.vrf,
+            "state": self.state.value,
+            "since": self.since,
+            "server": self.server,
+            "address": self.hello.address if self.hello else None,
+            "tun": self.tun.name,
+            "last_error": self.last_error,
+            **self.counters.as_dict(),
+        }

@@ -1,0 +1,3 @@
+"""The overlay: wire protocol v1, packet parsing, address plan, TUN I/O, and the server."""
+
+__version__ = "0.1.0"

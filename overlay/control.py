@@ -1,0 +1,56 @@
+"""The local control socket of a running server or agent: ``GET /status`` as JSON.
+
+A Unix socket, not TCP: file permissions (0600, root) are its access control,
+and it is reachable from any network namespace, so ``overlay status`` works
+wherever the operator's shell is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from overlay.exceptions import ControlError
+
+StatusSource = Callable[[], dict[str, Any]]
+
+
+async def start(path: Path, status: StatusSource) -> web.AppRunner:
+    """Serve ``status()`` at ``GET /status`` on a Unix socket at ``path``."""
+
+    async def handle_status(request: web.Request) -> web.Response:
+        return web.json_response(status())
+
+    app = web.Application()
+    app.router.add_get("/status", handle_status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a process that was killed
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old_umask)
+    return runner
+
+
+async def fetch_status(path: Path) -> dict[str, Any]:
+    """Ask the process behind ``path`` for its status."""
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get("http://local/status", timeout=aiohttp.ClientTimeout(total=5)) as response,
+        ):
+            data: dict[str, Any] = await response.json()
+            return data
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ControlError(f"cannot reach {path}: {exc}; is the process running?") from None

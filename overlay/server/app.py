@@ -1,0 +1,227 @@
+"""The server at run time: the TLS listener, the tunnel endpoint, the router, the control socket.
+
+A tunnel request goes through, in order: the header checks of
+:mod:`overlay.server.handshake` (400/426/401), the credentials (401, checked off
+the event loop), the lease (503 when the pool is exhausted). Only then is the
+WebSocket upgraded, an older session of the same (device, VRF) closed with
+4001, and the hello sent. Every refusal is counted by reason and logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import ssl
+import time
+from collections import Counter
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from overlay import control, wire
+from overlay.addressing import OVERLAY
+from overlay.exceptions import ConfigError, PoolExhaustedError
+from overlay.server.auth import Credentials
+from overlay.server.config import ServerConfig
+from overlay.server.handshake import Refusal, TunnelRequest, check_request
+from overlay.server.leases import LeaseStore
+from overlay.server.policy import Policy
+from overlay.server.router import Router
+from overlay.server.sessions import ServerSession
+from overlay.tun import Tun
+
+log = structlog.get_logger("overlay.server")
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext:
+    """TLS 1.2 or newer with the library's default (strong) ciphers and no compression."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    try:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"cannot load certificate {config.cert_file} with key {config.key_file}: {exc}"
+        ) from None
+    return context
+
+
+class Server:
+    """One overlay server: owns the lease store, the TUN, the router and the sessions."""
+
+    def __init__(self, config: ServerConfig, store: LeaseStore, tun: Tun) -> None:
+        self.config = config
+        self.store = store
+        self.tun = tun
+        self.credentials = Credentials(config.username, config.password_hash)
+        self.router = Router(tun, Policy(), batch_bytes=config.max_message)
+        self.refusals: Counter[str] = Counter()
+        self.started = time.time()
+        self._sessions: set[ServerSession] = set()
+        self._closed_drops: Counter[str] = Counter()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(self.config.path, self.handle_tunnel)
+        return app
+
+    def _refuse(self, request: web.Request, refusal: Refusal, device: str = "") -> web.Response:
+        self.refusals[refusal.reason] += 1
+        log.warning(
+            "tunnel refused",
+            status=refusal.status,
+            reason=refusal.reason,
+            peer=request.remote,
+            device=device or None,
+        )
+        headers = {}
+        if refusal.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="overlay"'
+        elif refusal.status == 426:
+            headers["Sec-WebSocket-Protocol"] = wire.SUBPROTOCOL
+        return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
+
+    async def _authenticate(self, request: TunnelRequest) -> bool:
+        if self.credentials.remembered(request.username, request.password):
+            return True
+        return await asyncio.to_thread(self.credentials.check, request.username, request.password)
+
+    async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
+        checked = check_request(request.headers)
+        if isinstance(checked, Refusal):
+            return self._refuse(request, checked, request.headers.get(wire.HEADER_DEVICE, ""))
+        if not await self._authenticate(checked):
+            return self._refuse(
+                request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
+            )
+        try:
+            lease = self.store.lease(checked.device, checked.vrf)
+        except PoolExhaustedError as exc:
+            return self._refuse(request, Refusal(503, "pool-exhausted", str(exc)), checked.device)
+
+        config = self.config
+        ws = web.WebSocketResponse(
+            protocols=(wire.SUBPROTOCOL,),
+            autoping=False,
+            compress=False,
+            max_msg_size=config.max_message,
+        )
+        await ws.prepare(request)
+        session = ServerSession(
+            ws,
+            lease,
+            request.remote or "?",
+            secrets.token_hex(8),
+            config.queue_bytes,
+            config.max_message,
+            config.ping_interval,
+        )
+        previous = self.router.attach(session)
+        self._sessions.add(session)
+        try:
+            if previous is not None:
+                await previous.close(wire.CloseCode.REPLACED, "replaced by a newer session")
+            hello = wire.Hello(
+                address=str(lease.address),
+                prefix=OVERLAY.prefixlen,
+                server=str(config.address),
+                mtu=config.mtu,
+                ping_interval=config.ping_interval,
+                max_message=config.max_message,
+                session=session.id,
+            )
+            await session.run(self.router, hello)
+        finally:
+            self.router.detach(session)
+            self._sessions.discard(session)
+            self._closed_drops.update(session.counters.drops)
+        return ws
+
+    def status(self) -> dict[str, Any]:
+        drops = Counter(self.router.drops) + self._closed_drops
+        for session in self._sessions:
+            drops.update(session.counters.drops)
+        return {
+            "server": {
+                "overlay": str(self.config.address),
+                "tun": self.tun.name,
+                "listen": f"{self.config.host}:{self.config.port}{self.config.path}",
+                "started": self.started,
+                "leases": len(self.store),
+                "pool": f"{self.config.pool.first}-{self.config.pool.last}",
+            },
+            "sessions": sorted((s.status() for s in self._sessions), key=lambda s: s["address"]),
+            "leases": [
+                {"device": lease.device, "vrf": lease.vrf, "address": str(lease.address)}
+                for lease in self.store.all()
+            ],
+            "refusals": dict(self.refusals),
+            "drops": dict(drops),
+        }
+
+    async def close_sessions(self) -> None:
+        """Tell every device the server is going away (1001): they reconnect at once."""
+        await asyncio.gather(
+            *(
+                s.close(wire.CloseCode.GOING_AWAY, "server going away")
+                for s in list(self._sessions)
+            ),
+            return_exceptions=True,
+        )
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
+    """Run the server until ``stop`` is set, then close every session with 1001."""
+    context = tls_context(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = LeaseStore(config.lease_file, config.pool)
+    tun = Tun.create(config.tun_name)
+    try:
+        await tun.configure(config.interface, config.mtu)
+        server = Server(config, store, tun)
+        runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        protocol_factory = runner.server
+        assert protocol_factory is not None  # set by setup()
+        try:
+            listener = await loop.create_server(
+                protocol_factory,
+                config.host,
+                config.port,
+                ssl=context,
+                reuse_address=True,
+                ssl_handshake_timeout=config.handshake_timeout,
+            )
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+            ) from None
+        control_runner = await control.start(config.control_socket, server.status)
+        router_task = asyncio.create_task(server.router.run())
+        log.info(
+            "server listening",
+            listen=f"{config.host}:{config.port}",
+            path=config.path,
+            overlay=str(config.address),
+            tun=tun.name,
+            leases=len(store),
+        )
+        await stop.wait()
+        log.info("server stopping", sessions=len(server.router.by_key))
+        listener.close()
+        await server.close_sessions()
+        router_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await router_task
+        await control_runner.cleanup()
+        await runner.shutdown()
+        await runner.cleanup()
+    finally:
+        tun.close()
+        store.close()
+    log.info("server stopped")

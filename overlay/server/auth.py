@@ -1,0 +1,115 @@
+"""Password hashing for tunnel credentials: salted scrypt (RFC 7914), compared in constant time.
+
+A stored hash reads ``scrypt$<log2 n>$<r>$<p>$<salt b64>$<hash b64>``; passwords
+themselves are never stored or logged. One scrypt costs tens of milliseconds,
+which is the point against guessing, so a successful check is remembered as a
+keyed digest of (username, password): reconnect storms of legitimate devices
+then cost one HMAC each, while every wrong guess still pays full price.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+
+from overlay.exceptions import ConfigError
+
+SCRYPT_LOG_N = 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+HASH_BYTES = 32
+_MAX_REMEMBERED = 100_000
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def hash_password(password: str, salt: bytes | None = None, log_n: int = SCRYPT_LOG_N) -> str:
+    """Return the storable hash of ``password``."""
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode(),
+        salt=salt,
+        n=2**log_n,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        maxmem=2**26,
+        dklen=HASH_BYTES,
+    )
+    return f"scrypt${log_n}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """A parsed stored hash."""
+
+    log_n: int
+    r: int
+    p: int
+    salt: bytes
+    digest: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> PasswordHash:
+        parts = text.split("$")
+        try:
+            if len(parts) != 6 or parts[0] != "scrypt":
+                raise ValueError
+            log_n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            if not (10 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
+                raise ValueError
+            return cls(log_n, r, p, _unb64(parts[4]), _unb64(parts[5]))
+        except ValueError:
+            raise ConfigError(
+                "password hash is not of the form scrypt$N$r$p$salt$hash; "
+                "make one with `overlay hash-password`"
+            ) from None
+
+    def matches(self, password: str) -> bool:
+        digest = hashlib.scrypt(
+            password.encode(),
+            salt=self.salt,
+            n=2**self.log_n,
+            r=self.r,
+            p=self.p,
+            maxmem=2**26,
+            dklen=len(self.digest),
+        )
+        return hmac.compare_digest(digest, self.digest)
+
+
+@dataclass
+class Credentials:
+    """The shared tunnel username and password hash (OVOC style)."""
+
+    username: str
+    password_hash: PasswordHash
+    _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    _good: set[bytes] = field(default_factory=set, repr=False)
+
+    def _token(self, username: str, password: str) -> bytes:
+        message = username.encode() + b"\x00" + password.encode()
+        return hmac.digest(self._key, message, "sha256")
+
+    def remembered(self, username: str, password: str) -> bool:
+        """True when these exact credentials passed :meth:`check` before: no scrypt needed."""
+        return self._token(username, password) in self._good
+
+    def check(self, username: str, password: str) -> bool:
+        """Full check (slow: run it off the event loop)."""
+        user_ok = hmac.compare_digest(username.encode(), self.username.encode())
+        password_ok = self.password_hash.matches(password)
+        if user_ok and password_ok:
+            if len(self._good) >= _MAX_REMEMBERED:
+                self._good.clear()
+            self._good.add(self._token(username, password))
+        return user_ok and password_ok

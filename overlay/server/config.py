@@ -1,0 +1,108 @@
+"""The server's configuration, read from TOML into a frozen dataclass.
+
+docs/configuration.md and ``overlay example-config`` show every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlay import configfile, log, wire
+from overlay.addressing import DEFAULT_POOL, OVERLAY, AddressPool
+from overlay.exceptions import ConfigError
+from overlay.server.auth import PasswordHash
+
+EXAMPLE = Path(__file__).with_name("example.toml")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    path: str
+    cert_file: Path
+    key_file: Path
+    handshake_timeout: float
+    tun_name: str
+    address: ipaddress.IPv4Address
+    pool: AddressPool
+    mtu: int
+    ping_interval: int
+    max_message: int
+    queue_bytes: int
+    username: str
+    password_hash: PasswordHash
+    state_dir: Path
+    log_level: str
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        """The server's address on its TUN: the whole overlay is on-link."""
+        return ipaddress.IPv4Interface(f"{self.address}/{OVERLAY.prefixlen}")
+
+    @property
+    def lease_file(self) -> Path:
+        return self.state_dir / "leases.sqlite"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+
+def load_server_config(path: str | Path) -> ServerConfig:
+    root = configfile.load(path)
+    listen = root.table("listen", required=True)
+    overlay = root.table("overlay")
+    auth = root.table("auth", required=True)
+    state = root.table("state")
+    logging = root.table("log")
+
+    url_path = listen.string("path", wire.DEFAULT_PATH)
+    if not url_path.startswith("/"):
+        url_path = "/" + url_path
+    address = overlay.ipv4("address", "169.254.0.1")
+    if address not in OVERLAY:
+        overlay.fail("address", f"{address} is outside the overlay 169.254.0.0/16")
+    try:
+        pool = AddressPool.parse(overlay.string("pool", DEFAULT_POOL))
+    except ConfigError as exc:
+        overlay.fail("pool", str(exc))
+    mtu = overlay.integer("mtu", wire.DEFAULT_MTU, low=576, high=65535)
+    raw_hash = auth.string("password_hash")
+    try:
+        password_hash = PasswordHash.parse(raw_hash)
+    except ConfigError as exc:
+        auth.fail("password_hash", str(exc))
+    config = ServerConfig(
+        host=listen.string("host", "0.0.0.0"),
+        port=listen.integer("port", 443, low=1, high=65535),
+        path=url_path,
+        cert_file=listen.file("cert_file"),
+        key_file=listen.file("key_file"),
+        handshake_timeout=listen.number("handshake_timeout", 10.0, low=0.1, high=300),
+        tun_name=overlay.string("tun_name", "ovl0"),
+        address=address,
+        pool=pool,
+        mtu=mtu,
+        ping_interval=overlay.integer(
+            "ping_interval", wire.DEFAULT_PING_INTERVAL, low=1, high=3600
+        ),
+        max_message=overlay.integer(
+            "max_message", wire.DEFAULT_MAX_MESSAGE, low=mtu, high=16 << 20
+        ),
+        queue_bytes=overlay.integer("queue_bytes", 131072, low=mtu, high=64 << 20),
+        username=auth.string("username"),
+        password_hash=password_hash,
+        state_dir=path_relative(root.path, state.string("dir", "/var/lib/overlay")),
+        log_level=logging.choice("level", log.LEVELS, "info"),
+    )
+    for table in (listen, overlay, auth, state, logging, root):
+        table.done()
+    return config
+
+
+def path_relative(config_path: Path, value: str) -> Path:
+    """A path from a config file, relative to the file's own folder."""
+    return (config_path.parent / value).resolve()

@@ -1,0 +1,97 @@
+"""Sticky leases of overlay addresses, kept in SQLite.
+
+A lease is keyed by (device id, VRF) and never moves: the same device gets the
+same address after reconnects and after server restarts. Every new lease is
+committed before the hello that announces it is sent, in WAL mode with full
+sync, so that a server killed at any moment comes back with every lease it
+ever announced. The whole table is also held in memory: lookups on the
+handshake path cost no I/O, and the process is the store's only writer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlay.addressing import AddressPool
+from overlay.exceptions import LeaseStoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    device TEXT NOT NULL,
+    vrf TEXT NOT NULL,
+    address TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    PRIMARY KEY (device, vrf)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    device: str
+    vrf: str
+    address: ipaddress.IPv4Address
+    created: float
+
+
+class LeaseStore:
+    """The lease table of one server."""
+
+    def __init__(self, path: Path, pool: AddressPool) -> None:
+        self.path = path
+        self.pool = pool
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(SCHEMA)
+            rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
+        except sqlite3.Error as exc:
+            raise LeaseStoreError(f"cannot open lease store {path}: {exc}") from None
+        self._by_key: dict[tuple[str, str], Lease] = {}
+        self._taken: set[ipaddress.IPv4Address] = set()
+        self._last: ipaddress.IPv4Address | None = None
+        for device, vrf, address, created in rows:
+            lease = Lease(device, vrf, ipaddress.IPv4Address(address), created)
+            self._by_key[(device, vrf)] = lease
+            self._taken.add(lease.address)
+            if self._last is None or lease.address > self._last:
+                self._last = lease.address
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, device: str, vrf: str) -> Lease | None:
+        return self._by_key.get((device, vrf))
+
+    def lease(self, device: str, vrf: str) -> Lease:
+        """Return the lease of (device, VRF), creating and storing it on first sight.
+
+        Raises :class:`PoolExhaustedError` when the pool has no free address.
+        """
+        existing = self._by_key.get((device, vrf))
+        if existing is not None:
+            return existing
+        address = self.pool.allocate(self._taken, after=self._last)
+        lease = Lease(device, vrf, address, time.time())
+        try:
+            self._db.execute(
+                "INSERT INTO leases (device, vrf, address, created) VALUES (?, ?, ?, ?)",
+                (device, vrf, str(address), lease.created),
+            )
+        except sqlite3.Error as exc:
+            raise LeaseStoreError(f"cannot store lease in {self.path}: {exc}") from None
+        self._by_key[(device, vrf)] = lease
+        self._taken.add(address)
+        self._last = address
+        return lease
+
+    def all(self) -> list[Lease]:
+        return sorted(self._by_key.values(), key=lambda lease: lease.address)
+
+    def close(self) -> None:
+        self._db.close()

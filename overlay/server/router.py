@@ -1,0 +1,89 @@
+"""The server's router: packets between its TUN and the open sessions.
+
+Theory of operation. The server has one TUN (169.254.0.1/16). Whatever the
+management side sends to a device address arrives on it; :meth:`Router.run`
+drains it in batches and puts each IPv4 packet in the send queue of the session
+that holds the destination address, or counts it as ``no-session``. Frames from
+a device go through :meth:`Router.from_device`: split, checked against the
+policy (anti-spoofing, service range only), written to the TUN. Each session
+sends from its own bounded queue, so one slow device never stalls the router.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from overlay.exceptions import FrameError
+from overlay.packet import IPV4_DST
+from overlay.server.policy import Policy
+from overlay.session import Drop
+from overlay.tun import Tun
+from overlay.wire import split_packets
+
+if TYPE_CHECKING:
+    from overlay.server.sessions import ServerSession
+
+
+class Router:
+    """Routes by overlay address between the TUN and sessions keyed by (device, VRF)."""
+
+    def __init__(self, tun: Tun, policy: Policy, batch_bytes: int) -> None:
+        self.tun = tun
+        self.policy = policy
+        self.batch_bytes = batch_bytes
+        self.by_address: dict[bytes, ServerSession] = {}
+        self.by_key: dict[tuple[str, str], ServerSession] = {}
+        self.drops: Counter[str] = Counter()  # drops not owned by any session
+
+    def attach(self, session: ServerSession) -> ServerSession | None:
+        """Make ``session`` the one for its (device, VRF); return the one it replaces."""
+        previous = self.by_key.get(session.key)
+        self.by_key[session.key] = session
+        self.by_address[session.address_bytes] = session
+        return previous
+
+    def detach(self, session: ServerSession) -> None:
+        """Forget ``session`` unless a newer one has taken its place already."""
+        if self.by_key.get(session.key) is session:
+            del self.by_key[session.key]
+        if self.by_address.get(session.address_bytes) is session:
+            del self.by_address[session.address_bytes]
+
+    def from_device(self, session: ServerSession, frame: bytes) -> None:
+        """Deliver the packets of one frame from ``session`` to the TUN."""
+        counters = session.counters
+        try:
+            packets = split_packets(frame)
+        except FrameError:
+            counters.drop(Drop.MALFORMED)
+            return
+        counters.rx_frames += 1
+        counters.rx_bytes += len(frame)
+        check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
+        for packet in packets:
+            reason = check(packet, source)
+            if reason is not None:
+                counters.drop(reason)
+            elif write(packet):
+                counters.rx_packets += 1
+            else:
+                counters.drop(Drop.TUN_FULL)
+
+    async def run(self) -> None:
+        """Forward what the TUN reads to the sessions, until cancelled."""
+        tun, by_address, drops = self.tun, self.by_address, self.drops
+        while True:
+            packets = tun.read_batch(self.batch_bytes)
+            if not packets:
+                await tun.wait_readable()
+                continue
+            for packet in packets:
+                if packet[0] >> 4 != 4:
+                    drops[Drop.UNSUPPORTED.value] += 1
+                    continue
+                session = by_address.get(packet[IPV4_DST])
+                if session is None:
+                    drops[Drop.NO_SESSION.value] += 1
+                else:
+                    session.enqueue(packet)

@@ -1,0 +1,127 @@
+"""One open tunnel on the server: its WebSocket, lease, queue, counters and log context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from overlay import bridge
+from overlay.server.leases import Lease
+from overlay.server.router import Router
+from overlay.session import Counters, Drop, Keepalive, Outbox, State, Tunnel
+from overlay.wire import CloseCode, Hello
+
+
+class ServerSession:
+    """A device's tunnel, from the hello to the close."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        lease: Lease,
+        peer: str,
+        session_id: str,
+        queue_bytes: int,
+        max_message: int,
+        ping_interval: int,
+    ) -> None:
+        self.ws = ws
+        self.lease = lease
+        self.key = (lease.device, lease.vrf)
+        self.address_bytes = lease.address.packed
+        self.peer = peer
+        self.id = session_id
+        self.since = time.time()
+        self.tunnel = Tunnel()
+        self.counters = Counters()
+        self.outbox = Outbox(queue_bytes)
+        self.max_message = max_message
+        self.keepalive = Keepalive(ping_interval)
+        self.close_code: int | None = None
+        self._wake = asyncio.Event()
+        self.log = structlog.get_logger("overlay.session").bind(
+            device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
+        )
+
+    def enqueue(self, packet: bytes) -> None:
+        """Queue a packet for the device (called by the router, never blocks)."""
+        if self.outbox.put(packet):
+            self._wake.set()
+        else:
+            self.counters.drop(Drop.QUEUE_FULL)
+
+    async def run(self, router: Router, hello: Hello) -> None:
+        """Send the hello, then carry packets until either end closes or the device falls silent."""
+        await self.ws.send_str(hello.serialize())
+        self.tunnel.advance(State.OPEN)
+        self.log.info("tunnel open", peer=self.peer)
+        tasks = [
+            asyncio.create_task(
+                bridge.receive(
+                    self.ws,
+                    lambda frame: router.from_device(self, frame),
+                    self.keepalive,
+                    self.counters,
+                )
+            ),
+            asyncio.create_task(self._send()),
+            asyncio.create_task(bridge.keep_alive(self.ws, self.keepalive)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks[2] in done and self.close_code is None:
+            self.log.warning(
+                "device silent, closing its session", silent_for=self.keepalive.timeout
+            )
+            await self.close(CloseCode.GOING_AWAY, "keepalive timeout")
+        elif self.close_code is None:
+            self.close_code = self.ws.close_code
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        self.tunnel.advance(State.CLOSED)
+        self.log.info("tunnel closed", code=self.close_code, **self.counters.as_dict())
+
+    async def _send(self) -> None:
+        outbox, wake, ws, counters = self.outbox, self._wake, self.ws, self.counters
+        while True:
+            await wake.wait()
+            wake.clear()
+            while outbox:
+                packets = outbox.take(self.max_message)
+                frame = b"".join(packets)
+                await ws.send_bytes(frame)
+                counters.tx_frames += 1
+                counters.tx_packets += len(packets)
+                counters.tx_bytes += len(frame)
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …)."""
+        if self.tunnel.state in (State.CLOSING, State.CLOSED):
+            return
+        self.tunnel.advance(State.CLOSING)
+        self.close_code = code
+        self.log.info("closing tunnel", code=int(code), reason=reason)
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=code, message=reason.encode())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": self.lease.device,
+            "vrf": self.lease.vrf,
+            "address": str(self.lease.address),
+            "peer": self.peer,
+            "session": self.id,
+            "state": self.tunnel.state.value,
+            "since": self.since,
+            "idle": round(time.monotonic() - self.keepalive.last_heard, 1),
+            **self.counters.as_dict(),
+        }

@@ -1,0 +1,173 @@
+"""A TUN device (Documentation/networking/tuntap.rst) with batched, non-blocking I/O.
+
+The device carries bare IP packets (IFF_TUN | IFF_NO_PI): one read() returns one
+packet and one write() injects one. Reads drain the device until it would
+block, so that everything the kernel queued since the last wake-up leaves as
+one WebSocket frame. The device vanishes when its file descriptor closes, so a
+crashed process leaves nothing behind.
+
+Addresses, MTU and link state are set over netlink (pyroute2), never by running
+``ip``. IPv6 is turned off on the device before it goes up: protocol v1 carries
+IPv4, and a fresh link would otherwise send router solicitations into the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytun
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from overlay.exceptions import TunError
+
+IFNAMSIZ = 15
+_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the body in network namespace ``name`` (the current one when None).
+
+    A TUN, like a socket, belongs to the namespace it was created in for its whole life.
+    """
+    if name is None:
+        yield
+        return
+    try:
+        netns.pushns(name)
+    except OSError as exc:
+        raise TunError(f"cannot enter network namespace {name!r}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+class Tun:
+    """An open TUN device."""
+
+    def __init__(self, device: pytun.TunTapDevice, netns_name: str | None) -> None:
+        self._device = device
+        self.name: str = device.name
+        self.netns = netns_name
+        self.fd: int = device.fileno()
+        self.mtu = 0
+        self.address: ipaddress.IPv4Interface | None = None
+        os.set_blocking(self.fd, False)
+
+    @classmethod
+    def create(cls, name: str, netns_name: str | None = None) -> Tun:
+        """Create the device (down, no address); needs root or CAP_NET_ADMIN."""
+        if not name or len(name) > IFNAMSIZ:
+            raise TunError(f"TUN name {name!r} must be 1 to {IFNAMSIZ} characters")
+        with in_netns(netns_name):
+            try:
+                device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+            except pytun.Error as exc:
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+                if code in (errno.EPERM, errno.EACCES):
+                    raise TunError(
+                        f"cannot create TUN {name}: permission denied; "
+                        "run as root or grant CAP_NET_ADMIN"
+                    ) from None
+                if code == errno.EBUSY:
+                    raise TunError(f"cannot create TUN {name}: another process holds it") from None
+                if code == errno.ENOENT:
+                    raise TunError(
+                        f"cannot create TUN {name}: /dev/net/tun is missing; load the tun module"
+                    ) from None
+                raise TunError(f"cannot create TUN {name}: {exc}") from None
+            _disable_ipv6(name)
+        return cls(device, netns_name)
+
+    async def configure(self, address: ipaddress.IPv4Interface, mtu: int) -> None:
+        """Give the device its address and MTU and bring it up; safe to call again.
+
+        Netlink runs in a worker thread with pyroute2's synchronous API: its
+        asyncio API needs a loop with AF_NETLINK datagram support, which uvloop lacks.
+        """
+        await asyncio.to_thread(self._configure, address, mtu)
+        self.address = address
+        self.mtu = mtu
+
+    def _configure(self, address: ipaddress.IPv4Interface, mtu: int) -> None:
+        try:
+            with IPRoute(netns=self.netns) as ipr:
+                (index,) = ipr.link_lookup(ifname=self.name)
+                if self.address is not None and self.address != address:
+                    ipr.addr(
+                        "del",
+                        index=index,
+                        address=str(self.address.ip),
+                        prefixlen=self.address.network.prefixlen,
+                    )
+                if self.address != address:
+                    ipr.addr(
+                        "replace",
+                        index=index,
+                        address=str(address.ip),
+                        prefixlen=address.network.prefixlen,
+                    )
+                ipr.link("set", index=index, mtu=mtu, state="up")
+        except (NetlinkError, OSError, ValueError) as exc:
+            raise TunError(
+                f"cannot configure TUN {self.name} with {address} mtu {mtu}: {exc}"
+            ) from None
+
+    def read_batch(self, max_bytes: int) -> list[bytes]:
+        """Read packets until the device would block or ``max_bytes`` are gathered."""
+        packets: list[bytes] = []
+        size = 0
+        read, fd, mtu = os.read, self.fd, self.mtu or 65535
+        while size < max_bytes:
+            try:
+                packet = read(fd, mtu)
+            except BlockingIOError:
+                break
+            packets.append(packet)
+            size += len(packet)
+        return packets
+
+    def write(self, packet: bytes | memoryview) -> bool:
+        """Inject one packet; False when the kernel refused it (queue full, link down)."""
+        try:
+            os.write(self.fd, packet)
+        except OSError as exc:
+            if exc.errno in _WOULD_BLOCK or exc.errno in (errno.ENOBUFS, errno.EIO, errno.EINVAL):
+                return False
+            raise
+        return True
+
+    async def wait_readable(self) -> None:
+        """Wait until the device has at least one packet to read."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self.fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    def close(self) -> None:
+        """Close the device; the kernel removes it with its address and routes."""
+        self._device.close()
+
+
+def _disable_ipv6(name: str) -> None:
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    try:
+        with open(path, "w") as knob:
+            knob.write("1")
+    except FileNotFoundError:
+        pass  # IPv6 is off in this kernel or namespace: nothing to silence

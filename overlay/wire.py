@@ -1,0 +1,154 @@
+"""Wire protocol v1, without I/O: handshake names, the hello message, close codes, frames.
+
+A tunnel is a WebSocket (RFC 6455) on path ``/tun``. The server's first message is
+one text frame holding the :class:`Hello`; after it, every binary frame carries
+one or more whole IPv4/IPv6 packets back to back. IP headers are self-delimiting,
+so a frame needs no framing of its own: :func:`split_packets` walks it by the
+length fields and refuses a frame that does not split exactly. docs/protocol.md
+is the normative description; this module is its implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+from overlay.exceptions import FrameError, HelloError
+from overlay.packet import PacketError, packet_length
+
+VERSION = 1
+SUBPROTOCOL = "ovl.v1"
+SUBPROTOCOL_PREFIX = "ovl.v"
+DEFAULT_PATH = "/tun"
+DEFAULT_VRF = "default"
+
+# Device ids (serial numbers, host names) and VRF names, as sent in the headers below.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+HEADER_DEVICE = "X-Ovl-Device"
+HEADER_VRF = "X-Ovl-Vrf"
+
+DEFAULT_MTU = 1400
+DEFAULT_PING_INTERVAL = 60
+DEFAULT_MAX_MESSAGE = 262144
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes and what they tell the device to do."""
+
+    NORMAL = 1000  # orderly end; reconnect with the usual backoff
+    GOING_AWAY = 1001  # the server shuts down or restarts; reconnect at once
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    REPLACED = 4001  # a newer session of the same (device, VRF) took over
+    REMOVED = 4003  # the device was removed or unbound on the server
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The server's first message: the device's lease and the session's parameters."""
+
+    address: str
+    prefix: int
+    server: str
+    mtu: int
+    ping_interval: int
+    max_message: int
+    session: str
+    version: int = VERSION
+    type: str = "hello"
+
+    def serialize(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str) -> Hello:
+        """Parse and check a hello; raise :class:`HelloError` naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise HelloError(f"hello is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("type") != "hello":
+            raise HelloError("first message is not a hello")
+        if data.get("version") != VERSION:
+            raise HelloError(
+                f"hello has protocol version {data.get('version')!r}, expected {VERSION}"
+            )
+        fields = {
+            "address": str,
+            "prefix": int,
+            "server": str,
+            "mtu": int,
+            "ping_interval": int,
+            "max_message": int,
+            "session": str,
+        }
+        for name, kind in fields.items():
+            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+                raise HelloError(f"hello field {name!r} is missing or not a {kind.__name__}")
+        try:
+            ipaddress.IPv4Address(data["address"])
+            ipaddress.IPv4Address(data["server"])
+        except ValueError as exc:
+            raise HelloError(f"hello carries a bad address: {exc}") from None
+        if not 0 < data["prefix"] <= 32:
+            raise HelloError(f"hello prefix {data['prefix']} is out of range")
+        if not 576 <= data["mtu"] <= 65535:
+            raise HelloError(f"hello mtu {data['mtu']} is out of range 576-65535")
+        if data["ping_interval"] < 1 or data["max_message"] < data["mtu"]:
+            raise HelloError("hello ping_interval or max_message is out of range")
+        return cls(**{name: data[name] for name in fields})
+
+
+def offered_version(protocols: Iterable[str]) -> int | None:
+    """Return the highest ``ovl.vN`` version a client offers, or None when it offers none."""
+    versions = []
+    for protocol in protocols:
+        if (
+            protocol.startswith(SUBPROTOCOL_PREFIX)
+            and protocol[len(SUBPROTOCOL_PREFIX) :].isdigit()
+        ):
+            versions.append(int(protocol[len(SUBPROTOCOL_PREFIX) :]))
+    return max(versions) if versions else None
+
+
+def split_packets(frame: bytes) -> list[memoryview]:
+    """Split a binary frame into its packets, as zero-copy views.
+
+    Raises :class:`FrameError` when the frame is empty, ends inside a packet, or
+    holds something that is not an IPv4/IPv6 header: the frame is then dropped whole.
+    """
+    if not frame:
+        raise FrameError("empty frame")
+    view = memoryview(frame)
+    packets = []
+    offset = 0
+    end = len(frame)
+    while offset < end:
+        try:
+            length = packet_length(view, offset)
+        except PacketError as exc:
+            raise FrameError(f"bad packet at byte {offset}: {exc}") from None
+        if offset + length > end:
+            raise FrameError(f"packet at byte {offset} says {length} bytes, {end - offset} remain")
+        packets.append(view[offset : offset + length])
+        offset += length
+    return packets
+
+
+def batch_frames(packets: Iterable[bytes], max_message: int) -> Iterator[bytes]:
+    """Join packets into as few frames as fit in ``max_message`` bytes each."""
+    batch: list[bytes] = []
+    size = 0
+    for packet in packets:
+        if batch and size + len(packet) > max_message:
+            yield b"".join(batch)
+            batch, size = [], 0
+        batch.append(packet)
+        size += len(packet)
+    if batch:
+        yield b"".join(batch)
