@@ -98,6 +98,22 @@ def explain(exc: BaseException, url: str, config: ApplianceConfig) -> ConnectErr
     return UnreachableError(f"{url}: connection failed: {exc or type(exc).__name__}")
 
 
+def closed_because(kind: aiohttp.WSMsgType, code: object, reason: object) -> str:
+    """Why the server ended the tunnel, from the message that ended the receive loop."""
+    if kind is aiohttp.WSMsgType.CLOSE and isinstance(code, int):
+        known = {
+            wire.CloseCode.GOING_AWAY: "server going away",
+            wire.CloseCode.REPLACED: "replaced by a newer session of this device",
+            wire.CloseCode.REMOVED: "device removed or unbound on the server",
+        }
+        if code in known:
+            return f"{known[code]} ({code})"
+        return f"server closed the tunnel ({code}{f': {reason}' if reason else ''})"
+    if kind is aiohttp.WSMsgType.ERROR:
+        return f"connection failed: {code}"
+    return "connection closed without a close frame"
+
+
 class DeviceTunnel:
     """The device's tunnel for one VRF, kept up until stopped."""
 
@@ -214,17 +230,18 @@ class DeviceTunnel:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        ended = tasks[done.pop()]
+        finished = done.pop()
+        ended = tasks[finished]
         if ended == "stop":
             await ws.close(code=wire.CloseCode.NORMAL, message=b"device stopping")
             return
         if ended == "keepalive":
             self.last_error = f"server silent for {keepalive.timeout:.0f} s"
+        elif ended == "send":
+            self.last_error = f"sending failed: {finished.exception() or 'connection closed'}"
         else:
-            code = ws.close_code
-            self.last_error = f"server closed the tunnel (code {code})"
-            if code == wire.CloseCode.GOING_AWAY:
-                self.last_error = "server going away (1001)"
+            last = finished.result()
+            self.last_error = closed_because(last.type, last.data, last.extra)
         self.log.warning("tunnel lost", reason=self.last_error)
 
     def status(self) -> dict[str, Any]:

@@ -93,14 +93,18 @@ def veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
         ipr.link("set", index=ipr.link_lookup(ifname=name_b)[0], state="up")
 
 
-def bridge(ns: str, name: str, ports: Sequence[str] = ()) -> None:
-    """A bridge in ``ns`` with ``ports`` enslaved, up."""
+def bridge(ns: str, name: str) -> None:
+    """An empty bridge in ``ns``, up; add ports with :func:`enslave`."""
     with IPRoute(netns=ns) as ipr:
         ipr.link("add", ifname=name, kind="bridge")
-        index = ipr.link_lookup(ifname=name)[0]
-        for port in ports:
-            ipr.link("set", index=ipr.link_lookup(ifname=port)[0], master=index)
-        ipr.link("set", index=index, state="up")
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+
+
+def enslave(ns: str, port: str, master: str) -> None:
+    with IPRoute(netns=ns) as ipr:
+        ipr.link(
+            "set", index=ipr.link_lookup(ifname=port)[0], master=ipr.link_lookup(ifname=master)[0]
+        )
 
 
 def address(ns: str, ifname: str, cidr: str) -> None:
@@ -133,19 +137,36 @@ def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def run(ns: str, argv: Sequence[str], timeout: float = 30, check: bool = False,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    ns: str, argv: Sequence[str], timeout: float = 30, check: bool = False, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command in ``ns`` to completion and capture its output."""
-    return subprocess.run(exec_argv(ns, argv), capture_output=True, text=True, timeout=timeout,
-                          check=check, input=input)
+    return subprocess.run(
+        exec_argv(ns, argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        input=input,
+    )
 
 
-def spawn(ns: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None,
-          ) -> subprocess.Popen[bytes]:
+def spawn(
+    ns: str,
+    argv: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a long-running command in ``ns`` with stdout and stderr into ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen(exec_argv(ns, argv), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return subprocess.Popen(
+            exec_argv(ns, argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> int:

@@ -1,0 +1,188 @@
+"""A server namespace and device namespaces joined by veth over a bridge, with real processes.
+
+Underlay 198.18.0.0/24 exists only inside these namespaces: the server is
+198.18.0.1 (on a bridge), device N is 198.18.0.(10+N). Namespaces are named
+``ovlt-*``; leftovers of a killed run are removed before the first test and
+everything a test made is removed after it, pass or fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lab import deploy, netns
+
+PREFIX = "ovlt-"
+SRV = "ovlt-srv"
+SERVER_IP = "198.18.0.1"
+URL = f"wss://{SERVER_IP}:443/tun"
+PASSWORD = "test-tunnel-pass"
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.netns
+
+
+@dataclass
+class Device:
+    name: str
+    ns: str
+    config: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.config.parent / "state" / f"{self.name}.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.config.parent / "appliance.log"
+
+
+@dataclass
+class Overlay:
+    """One test's world: a server namespace, devices, and the processes in them."""
+
+    root: Path
+    ca_file: Path
+    pki_dir: Path
+    devices: dict[str, Device] = field(default_factory=dict)
+    server: subprocess.Popen[bytes] | None = None
+    server_config: Path | None = None
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def build(self) -> None:
+        netns.create(SRV)
+        netns.bridge(SRV, "br0")
+        netns.address(SRV, "br0", f"{SERVER_IP}/24")
+
+    def add_device(
+        self,
+        name: str,
+        password: str = PASSWORD,
+        urls: list[str] | None = None,
+        ca_file: Path | None = None,
+        extra: str = "",
+    ) -> Device:
+        index = len(self.devices) + 1
+        ns = f"{PREFIX}{name}"
+        netns.create(ns)
+        netns.veth(ns, "eth0", SRV, f"v{name}")
+        netns.enslave(SRV, f"v{name}", "br0")
+        netns.address(ns, "eth0", f"198.18.0.{10 + index}/24")
+        config = deploy.appliance_config(
+            self.root / name, name, urls or [URL], ca_file or self.ca_file, password, extra=extra
+        )
+        device = Device(name, ns, config)
+        self.devices[name] = device
+        return device
+
+    def start_server(self, ping_interval: int = 60) -> subprocess.Popen[bytes]:
+        if self.server_config is None:
+            self.server_config = deploy.server_config(
+                self.root / "server", self.pki_dir, PASSWORD, ping_interval=ping_interval
+            )
+        self.server = deploy.start_server(SRV, self.server_config)
+        self.processes.append(self.server)
+        deploy.wait_for(
+            "server start",
+            lambda: deploy.status(self.control),
+            process=self.server,
+            log=self.server_log,
+        )
+        return self.server
+
+    def stop_server(self) -> int:
+        assert self.server is not None
+        return netns.stop(self.server)
+
+    @property
+    def control(self) -> Path:
+        assert self.server_config is not None
+        return self.server_config.parent / "state" / "control.sock"
+
+    @property
+    def server_log(self) -> Path:
+        assert self.server_config is not None
+        return self.server_config.parent / "server.log"
+
+    def server_status(self) -> dict:
+        data = deploy.status(self.control)
+        assert data is not None, "the server does not answer on its control socket"
+        return data
+
+    def start_device(self, device: Device, wait: bool = True) -> dict | None:
+        device.process = deploy.start_appliance(device.ns, device.config)
+        self.processes.append(device.process)
+        if not wait:
+            return None
+        return deploy.wait_for(
+            f"{device.name} tunnel up",
+            deploy.tunnel_up(device.socket),
+            process=device.process,
+            log=device.log,
+        )
+
+    def run(self, ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return netns.run(ns, argv, timeout=timeout)
+
+    def python(self, ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m tests.integration.peer …`` inside ``ns``."""
+        return subprocess.run(
+            netns.exec_argv(ns, [sys.executable, "-m", *argv]),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def spawn(self, ns: str, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            netns.exec_argv(ns, argv),
+            cwd=REPO,
+            stdout=open(self.root / log, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def teardown(self) -> None:
+        for process in reversed(self.processes):
+            netns.stop(process, timeout=5)
+        for ns in netns.names(PREFIX):
+            netns.remove(ns)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A CA and a server certificate for overlay.test and 198.18.0.1 (trustme)."""
+    directory = tmp_path_factory.mktemp("pki")
+    return deploy.pki(directory, ["overlay.test", SERVER_IP]), directory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """Remove namespaces left by an earlier, killed run before any test."""
+    for ns in netns.names(PREFIX):
+        netns.remove(ns)
+    yield
+
+
+def make_overlay(root: Path, pki: tuple[Path, Path]) -> Iterator[Overlay]:
+    overlay = Overlay(root, pki[0], pki[1])
+    try:
+        overlay.build()
+        yield overlay
+    finally:
+        overlay.teardown()
+
+
+@pytest.fixture
+def overlay(tmp_path: Path, pki: tuple[Path, Path]) -> Iterator[Overlay]:
+    """A fresh server namespace for one test (no processes started yet)."""
+    yield from make_overlay(tmp_path, pki)

@@ -1,0 +1,68 @@
+"""A tiny echo peer for integration tests: ``serve`` echoes, ``send`` checks the echo.
+
+python -m tests.integration.peer serve tcp|udp ADDRESS PORT
+python -m tests.integration.peer send tcp|udp ADDRESS PORT NBYTES
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+
+
+def serve(kind: str, address: str, port: int) -> None:
+    if kind == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((address, port))
+        print("ready", flush=True)
+        while True:
+            data, peer = sock.recvfrom(65535)
+            sock.sendto(data, peer)
+    listener = socket.create_server((address, port))
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+def send(kind: str, address: str, port: int, size: int) -> int:
+    payload = os.urandom(size)
+    if kind == "udp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(2)
+        received = b""
+        for offset in range(0, size, 1000):
+            chunk = payload[offset : offset + 1000]
+            for _ in range(3):  # UDP: a lost datagram is retried, never counted as success
+                sock.sendto(chunk, (address, port))
+                try:
+                    echo, _ = sock.recvfrom(65535)
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                print(f"no echo for datagram at {offset}")
+                return 1
+            received += echo
+    else:
+        with socket.create_connection((address, port), timeout=10) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while data := sock.recv(65536):
+                chunks.append(data)
+            received = b"".join(chunks)
+    same = hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    print(f"sent {size} received {len(received)} {'match' if same else 'MISMATCH'}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    command, kind, address, port = sys.argv[1:5]
+    if command == "serve":
+        serve(kind, address, int(port))
+    sys.exit(send(kind, address, int(port), int(sys.argv[5])))

@@ -1,0 +1,114 @@
+"""Config files: the shipped examples, and errors that name the file and the key."""
+
+import shutil
+
+import pytest
+
+from appliance.config import EXAMPLE as APPLIANCE_EXAMPLE
+from appliance.config import load_appliance_config
+from overlay.exceptions import ConfigError
+from overlay.server.auth import hash_password
+from overlay.server.config import EXAMPLE as SERVER_EXAMPLE
+from overlay.server.config import load_server_config
+
+HASH = hash_password("s3cret-pass", log_n=10)
+
+
+@pytest.fixture
+def server_toml(tmp_path):
+    for name in ("server.pem", "server.key"):
+        (tmp_path / name).write_text("x")
+    text = SERVER_EXAMPLE.read_text().replace(
+        'password_hash = "REPLACE-ME: run overlay hash-password"', f'password_hash = "{HASH}"'
+    )
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def appliance_toml(tmp_path):
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "password").write_text("s3cret-pass\n")
+    path = tmp_path / "appliance.toml"
+    shutil.copy(APPLIANCE_EXAMPLE, path)
+    return path
+
+
+def edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_server_example_loads_once_the_hash_is_set(server_toml):
+    config = load_server_config(server_toml)
+    assert (config.port, config.path, config.mtu, config.ping_interval) == (443, "/tun", 1400, 60)
+    assert str(config.pool.first) == "169.254.1.0"
+
+
+def test_shipped_server_example_has_no_working_password():
+    with pytest.raises(ConfigError, match="auth.password_hash: password hash is not"):
+        load_server_config(SERVER_EXAMPLE)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("port = 443", 'port = "443"', "listen.port: must be a whole number"),
+        ("port = 443", "port = 70000", "listen.port"),
+        ('cert_file = "server.pem"', 'cert_file = "nope.pem"', "listen.cert_file: file .*nope.pem"),
+        ("mtu = 1400", "mtu = 100", "overlay.mtu"),
+        ('pool = "169.254.1.0-169.254.255.254"', 'pool = "10.0.0.0/8"', "overlay.pool"),
+        ('username = "VPN"', 'usrname = "VPN"', "auth.username: is required"),
+        ("[log]", "[log]\nlevl = 1", "log.levl: unknown key"),
+        ('level = "info"', 'level = "loud"', "log.level: must be one of"),
+        ("[listen]", "[listen\n", "not valid TOML"),
+    ],
+)
+def test_server_config_errors_name_the_key(server_toml, old, new, message):
+    edit(server_toml, old, new)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_server_config(server_toml)
+    assert str(server_toml) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_server_config(tmp_path / "none.toml")
+
+
+def test_appliance_example_loads(appliance_toml):
+    config = load_appliance_config(appliance_toml)
+    assert config.urls == ("wss://overlay.example.net:443/tun",)
+    assert config.password == "s3cret-pass"
+    assert (config.vrf, config.min_delay, config.max_delay) == ("main-vrf", 1.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            'urls = ["wss://overlay.example.net:443/tun"]',
+            'urls = ["https://x/tun"]',
+            "server.urls: .*must start with wss://",
+        ),
+        ('urls = ["wss://overlay.example.net:443/tun"]', "urls = []", "server.urls: give 1 to 9"),
+        (
+            'urls = ["wss://overlay.example.net:443/tun"]',
+            "urls = [" + ", ".join(f'"wss://s{n}/tun"' for n in range(10)) + "]",
+            "give 1 to 9",
+        ),
+        ('id = "SN-0001"', 'id = "bad id"', "device.id"),
+        ('password_file = "password"', "", "server.password_file: is required"),
+        ('password_file = "password"', 'password_file = "missing"', "server.password_file: file"),
+        ('password_file = "password"', 'password_file = "password"\npassword = "x"', "not both"),
+        ('name = "ovl0"', 'name = "a-very-long-tun-name"', "tun.name"),
+        ("max_delay = 60", "max_delay = 0.5", "reconnect.max_delay"),
+    ],
+)
+def test_appliance_config_errors_name_the_key(appliance_toml, old, new, message):
+    edit(appliance_toml, old, new)
+    with pytest.raises(ConfigError, match=message):
+        load_appliance_config(appliance_toml)

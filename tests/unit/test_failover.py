@@ -1,0 +1,17 @@
+import itertools
+
+from appliance.failover import ServerOrder, backoff
+
+
+def test_backoff_grows_to_the_cap_with_full_jitter():
+    highest = list(itertools.islice(backoff(1, 60, rand=lambda: 1.0), 9))
+    assert highest == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    lowest = list(itertools.islice(backoff(1, 60, rand=lambda: 0.0), 5))
+    assert lowest == [1, 1, 1, 1, 1]
+
+
+def test_server_order_stays_on_the_server_that_worked():
+    order = ServerOrder(["a", "b", "c"])
+    assert order.round() == ["a", "b", "c"]
+    order.connected("b")
+    assert order.round() == ["b", "c", "a"]  # no switch-back to a

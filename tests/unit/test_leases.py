@@ -1,0 +1,54 @@
+import ipaddress
+import sqlite3
+
+import pytest
+
+from overlay.addressing import AddressPool
+from overlay.exceptions import LeaseStoreError, PoolExhaustedError
+from overlay.server.leases import LeaseStore
+
+POOL = AddressPool.parse("169.254.1.0/24")
+
+
+def test_leases_are_sticky_per_device_and_vrf(tmp_path):
+    store = LeaseStore(tmp_path / "leases.sqlite", POOL)
+    a = store.lease("SN-1", "main-vrf")
+    b = store.lease("SN-2", "main-vrf")
+    c = store.lease("SN-1", "voice")
+    assert len({a.address, b.address, c.address}) == 3
+    assert store.lease("SN-1", "main-vrf") == a
+
+
+def test_leases_survive_a_restart(tmp_path):
+    path = tmp_path / "leases.sqlite"
+    store = LeaseStore(path, POOL)
+    first = [store.lease(f"SN-{n}", "default").address for n in range(10)]
+    store.close()
+    reopened = LeaseStore(path, POOL)
+    assert [reopened.lease(f"SN-{n}", "default").address for n in range(10)] == first
+    assert reopened.lease("SN-new", "default").address == ipaddress.IPv4Address("169.254.1.11")
+
+
+def test_exhausted_pool_keeps_existing_leases(tmp_path):
+    store = LeaseStore(tmp_path / "leases.sqlite", AddressPool.parse("169.254.1.1-169.254.1.1"))
+    kept = store.lease("SN-1", "default")
+    with pytest.raises(PoolExhaustedError):
+        store.lease("SN-2", "default")
+    assert store.lease("SN-1", "default") == kept
+    assert len(store) == 1
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "leases.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LeaseStoreError, match="cannot open lease store"):
+        LeaseStore(path, POOL)
+    assert path.read_bytes() == b"this is not sqlite" * 100  # left as it was
+
+
+def test_leases_are_committed_at_once(tmp_path):
+    path = tmp_path / "leases.sqlite"
+    store = LeaseStore(path, POOL)
+    store.lease("SN-1", "default")
+    rows = sqlite3.connect(path).execute("SELECT device, address FROM leases").fetchall()
+    assert rows == [("SN-1", "169.254.1.1")]

@@ -1,0 +1,50 @@
+import pytest
+
+from overlay.session import (
+    Beat,
+    Counters,
+    Drop,
+    InvalidTransition,
+    Keepalive,
+    Outbox,
+    State,
+    Tunnel,
+)
+
+
+def test_keepalive_declares_dead_after_three_missed_intervals():
+    keepalive = Keepalive(interval=60)
+    keepalive.heard(1000)
+    assert keepalive.tick(1060) is Beat.PING
+    assert keepalive.tick(1179) is Beat.PING
+    assert keepalive.tick(1180) is Beat.DEAD
+    keepalive.heard(1180)
+    assert keepalive.tick(1240) is Beat.PING
+    assert keepalive.timeout == 180
+
+
+def test_transitions():
+    tunnel = Tunnel()
+    assert tunnel.advance(State.OPEN)
+    assert tunnel.advance(State.CLOSING)
+    assert not tunnel.advance(State.CLOSING)
+    assert tunnel.advance(State.CLOSED)
+    with pytest.raises(InvalidTransition):
+        tunnel.advance(State.OPEN)
+
+
+def test_outbox_is_bounded_by_bytes():
+    outbox = Outbox(limit=300)
+    assert outbox.put(b"a" * 100) and outbox.put(b"b" * 200)
+    assert not outbox.put(b"c")
+    assert outbox.size == 300
+    assert outbox.take(150) == [b"a" * 100]
+    assert outbox.take(150) == [b"b" * 200]  # at least one, even when larger
+    assert outbox.size == 0 and not outbox
+
+
+def test_counters_by_reason():
+    counters = Counters()
+    counters.drop(Drop.SPOOFED)
+    counters.drop(Drop.SPOOFED, 2)
+    assert counters.as_dict()["drops"] == {"spoofed": 3}
