@@ -98,10 +98,28 @@ def explain(exc: BaseException, url: str, config: ApplianceConfig) -> ConnectErr
     return UnreachableError(f"{url}: connection failed: {exc or type(exc).__name__}")
 
 
+def lost_because(
+    receiving: asyncio.Task[aiohttp.WSMessage],
+    sending: asyncio.Task[None],
+    pinging: asyncio.Task[None],
+    timeout: float,
+) -> str:
+    """Why an open tunnel ended, from whichever of its loops ended first."""
+    for task in (receiving, sending):
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            return f"connection failed: {task.exception()}"
+    if receiving.done() and not receiving.cancelled():
+        last = receiving.result()
+        return closed_because(last.type, last.data, last.extra)
+    if pinging.done() and not pinging.cancelled():
+        return f"server silent for {timeout:.0f} s"
+    return "connection closed"
+
+
 def closed_because(kind: aiohttp.WSMsgType, code: object, reason: object) -> str:
     """Why the server ended the tunnel, from the message that ended the receive loop."""
     if kind is aiohttp.WSMsgType.CLOSE and isinstance(code, int):
-        known = {
+        known: dict[int, str] = {
             wire.CloseCode.GOING_AWAY: "server going away",
             wire.CloseCode.REPLACED: "replaced by a newer session of this device",
             wire.CloseCode.REMOVED: "device removed or unbound on the server",
@@ -209,39 +227,28 @@ class DeviceTunnel:
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
         keepalive = Keepalive(hello.ping_interval)
-        tasks = {
-            asyncio.create_task(
-                bridge.receive(
-                    ws,
-                    lambda frame: bridge.deliver(frame, self.tun, self.counters),
-                    keepalive,
-                    self.counters,
-                )
-            ): "closed",
-            asyncio.create_task(
-                bridge.pump(self.tun, ws, hello.max_message, self.counters)
-            ): "send",
-            asyncio.create_task(bridge.keep_alive(ws, keepalive)): "keepalive",
-            asyncio.create_task(stop.wait()): "stop",
-        }
+        receiving = asyncio.create_task(
+            bridge.receive(
+                ws,
+                lambda frame: bridge.deliver(frame, self.tun, self.counters),
+                keepalive,
+                self.counters,
+            )
+        )
+        sending = asyncio.create_task(bridge.pump(self.tun, ws, hello.max_message, self.counters))
+        pinging = asyncio.create_task(bridge.keep_alive(ws, keepalive))
+        stopping = asyncio.create_task(stop.wait())
+        tasks = (receiving, sending, pinging, stopping)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        finished = done.pop()
-        ended = tasks[finished]
-        if ended == "stop":
+        if stopping.done() and not stopping.cancelled():
             await ws.close(code=wire.CloseCode.NORMAL, message=b"device stopping")
             return
-        if ended == "keepalive":
-            self.last_error = f"server silent for {keepalive.timeout:.0f} s"
-        elif ended == "send":
-            self.last_error = f"sending failed: {finished.exception() or 'connection closed'}"
-        else:
-            last = finished.result()
-            self.last_error = closed_because(last.type, last.data, last.extra)
+        self.last_error = lost_because(receiving, sending, pinging, keepalive.timeout)
         self.log.warning("tunnel lost", reason=self.last_error)
 
     def status(self) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def wait_for(
     process: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
 ) -> Any:
-    """Poll ``check`` until it returns something true; fail with the log's tail after ``timeout``."""
+    """Poll ``check`` until it returns something true; fail with the log tail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()

@@ -1,4 +1,4 @@
-"""Shared fixtures: tests that need root and network namespaces run in CI and skip only outside it."""
+"""Tests that need root and network namespaces run in CI; they skip only outside it."""
 
 from __future__ import annotations
 

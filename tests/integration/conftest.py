@@ -142,12 +142,10 @@ class Overlay:
         )
 
     def spawn(self, ns: str, argv: list[str], log: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            netns.exec_argv(ns, argv),
-            cwd=REPO,
-            stdout=open(self.root / log, "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.root / log, "wb") as out:
+            process = subprocess.Popen(
+                netns.exec_argv(ns, argv), cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            )
         self.processes.append(process)
         return process
 

@@ -48,7 +48,7 @@ def test_server_example_loads_once_the_hash_is_set(server_toml):
 
 
 def test_shipped_server_example_has_no_working_password():
-    with pytest.raises(ConfigError, match="auth.password_hash: password hash is not"):
+    with pytest.raises(ConfigError, match=r"auth\.password_hash: password hash is not"):
         load_server_config(SERVER_EXAMPLE)
 
 
