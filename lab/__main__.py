@@ -1,0 +1,197 @@
+"""``scripts/lab``: the overlay in network namespaces on one machine (root needed).
+
+scripts/lab up [--devices N]     build the lab and start the server and N devices (default 2)
+scripts/lab down                 stop and remove everything the lab made
+scripts/lab status [--json]      the server and each device's tunnel
+scripts/lab demo [--devices N]   bring the lab up, run every check, say how to look inside
+scripts/lab kill server          SIGKILL the server and start it again
+scripts/lab cut DEVICE SECONDS   take a device's uplink down for a while
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from lab import deploy, netns
+from lab.topology import NAT, SERVER_IP, SRV, Device, Lab
+
+Check = Callable[[], tuple[bool, str]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/lab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("up", "demo"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--devices", type=int, default=2, choices=range(1, 51), metavar="N")
+    commands.add_parser("down")
+    status = commands.add_parser("status")
+    status.add_argument("--json", action="store_true")
+    kill = commands.add_parser("kill")
+    kill.add_argument("what", choices=["server"])
+    cut = commands.add_parser("cut")
+    cut.add_argument("device", help="dev1, dev2, …")
+    cut.add_argument("seconds", type=float)
+    args = parser.parse_args(argv)
+
+    lab = Lab()
+    try:
+        if args.command == "up":
+            lab.up(args.devices)
+            lab.wait_tunnels()
+            print_status(lab.status())
+        elif args.command == "down":
+            lab.down()
+            print("lab removed")
+        elif args.command == "status":
+            data = lab.status()
+            print(json.dumps(data, indent=2) if args.json else format_status(data))
+        elif args.command == "demo":
+            return demo(lab, args.devices)
+        elif args.command == "kill":
+            kill_server(lab)
+        elif args.command == "cut":
+            return cut_device(lab, args.device, args.seconds)
+    except (TimeoutError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_status(data: dict) -> str:
+    server = data["server"]
+    lines = [
+        f"lab files: {data['dir']}",
+        f"server  {server['netns']:<9} {server['overlay']:<15} {server['url']}  {server['state']}",
+    ]
+    for d in data["devices"]:
+        lines.append(
+            f"{d['name']:<7} {d['netns']:<9} {d['overlay'] or '-':<15} "
+            f"underlay {d['underlay']:<13} vrf {d['vrf']}  {d['state']}"
+        )
+    return "\n".join(lines)
+
+
+def print_status(data: dict) -> None:
+    print(format_status(data))
+
+
+def ping(ns: str, target: str) -> Check:
+    def check() -> tuple[bool, str]:
+        result = netns.run(ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", target], timeout=20)
+        rtt = re.search(r"= [\d.]+/([\d.]+)/", result.stdout)
+        return result.returncode == 0, f"rtt {rtt.group(1)} ms" if rtt else "no reply"
+
+    return check
+
+
+def unreachable_underlay(device: Device) -> Check:
+    """The NAT refuses connections from the server side to the device's underlay address."""
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{device.underlay}', 22), timeout=2)\n"
+        "except OSError as e:\n    print(e); sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+
+    def check() -> tuple[bool, str]:
+        result = netns.run(SRV, [sys.executable, "-c", code], timeout=10)
+        return result.returncode == 0, f"{device.underlay}:22 from {SRV}: {result.stdout.strip()}"
+
+    return check
+
+
+def demo(lab: Lab, count: int) -> int:
+    print(f"== bringing the lab up ({count} devices) in network namespaces")
+    started = time.monotonic()
+    lab.up(count)
+    lab.wait_tunnels()
+    print(f"   tunnels up in {time.monotonic() - started:.1f} s\n")
+    data = lab.status()
+    checks: list[tuple[str, str, Check]] = []
+    for row, device in zip(data["devices"], lab.devices(), strict=True):
+        checks.append(("ping device->server", device.name, ping(device.ns, "169.254.0.1")))
+        checks.append(("ping server->device", device.name, ping(SRV, row["overlay"])))
+        checks.append(("nat blocks underlay", device.name, unreachable_underlay(device)))
+    failed = 0
+    print(f"{'CHECK':<22} {'DEVICE':<7} {'RESULT':<6} {'TIME':>7}  DETAIL")
+    for name, device_name, check in checks:
+        start = time.monotonic()
+        ok, detail = check()
+        failed += not ok
+        print(
+            f"{name:<22} {device_name:<7} {'pass' if ok else 'FAIL':<6} "
+            f"{time.monotonic() - start:>6.2f}s  {detail}"
+        )
+    print()
+    print_status(lab.status())
+    first = data["devices"][0]
+    print(f"""
+The lab stays up. Look inside:
+  tcpdump on the server TUN:   ip netns exec {SRV} tcpdump -ni ovl0
+  tcpdump on a device TUN:     ip netns exec {first["netns"]} tcpdump -ni ovl0
+  the underlay (TLS only):     ip netns exec {SRV} tcpdump -ni eth0 tcp port 443
+  ping a device:               ip netns exec {SRV} ping {first["overlay"]}
+  server sessions:    .venv/bin/overlay status --config {lab.server_config}
+  device tunnel:      .venv/bin/appliance status --config {lab.device_config(lab.devices()[0])}
+  the NAT's refusals:          ip netns exec {NAT} nft list chain ip ovl_lab forward
+Remove it with: scripts/lab down""")
+    if failed:
+        print(f"\n{failed} check(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def kill_server(lab: Lab) -> None:
+    pids = [pid for pid in netns.pids_in(SRV) if b"overlay" in read_cmdline(pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    print(f"killed the server ({', '.join(map(str, pids)) or 'not running'}) with SIGKILL")
+    time.sleep(0.5)
+    deploy.start_server(SRV, lab.server_config)
+    deploy.wait_for("server start", lambda: deploy.status(lab.server_control))
+    print(f"server started again on {SERVER_IP}; watch the devices come back: scripts/lab status")
+
+
+def read_cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def cut_device(lab: Lab, name: str, seconds: float) -> int:
+    device = next((d for d in lab.devices() if d.name == name), None)
+    if device is None:
+        print(
+            f"error: no device {name!r} in the lab (have: "
+            f"{', '.join(d.name for d in lab.devices()) or 'none'})",
+            file=sys.stderr,
+        )
+        return 1
+    link = f"lan{device.index}"
+    print(f"cutting {name}'s uplink ({NAT} {link}) for {seconds:g} s")
+    netns.link_state(NAT, link, up=False)
+    try:
+        time.sleep(seconds)
+    finally:
+        netns.link_state(NAT, link, up=True)
+    print(f"{name}'s uplink is back")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
