@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from appliance import qoe
 from appliance.config import EXAMPLE, ApplianceConfig, load_appliance_config
+from appliance.exceptions import ApplianceError, InputError
 from appliance.tunnel import DeviceTunnel
 from overlay import control, log, process
 from overlay.cli import duration
@@ -32,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the tunnel's state")
     status.add_argument("--config", required=True, type=Path, help="appliance.toml")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    qoe = commands.add_parser("qoe-send", help="send QoE reports (JSON lines) to the collector")
+    qoe.add_argument("--config", required=True, type=Path, help="appliance.toml")
+    qoe.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="reports, one JSON object per line (default: standard input)",
+    )
     commands.add_parser("example-config", help="print a commented appliance.toml")
     return parser
 
@@ -48,14 +59,30 @@ def main(argv: list[str] | None = None) -> int:
             data = asyncio.run(control.fetch_status(config.control_socket))
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
+        if args.command == "qoe-send":
+            config = load_appliance_config(args.config)
+            text = read_input(args.file)
+            answers = asyncio.run(qoe.send_reports(config, qoe.read_reports(text)))
+            for answer in answers:
+                print(json.dumps(answer))
+            return 0 if all("stored" in a for a in answers) else 1
         if args.command == "example-config":
             print(EXAMPLE.read_text(), end="")
             return 0
-    except OverlayError as exc:
+    except (OverlayError, ApplianceError) as exc:
         return process.fail(str(exc))
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def read_input(path: Path | None) -> str:
+    if path is None:
+        return sys.stdin.read()
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
 
 
 async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:

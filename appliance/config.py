@@ -32,6 +32,8 @@ class ApplianceConfig:
     max_delay: float
     state_dir: Path
     log_level: str
+    qoe_address: str
+    qoe_port: int
 
     @property
     def control_socket(self) -> Path:
@@ -46,6 +48,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     reconnect = root.table("reconnect")
     state = root.table("state")
     logging = root.table("log")
+    qoe = root.table("qoe")
 
     device_id = device.string("id")
     if not wire.NAME.fullmatch(device_id):
@@ -80,8 +83,10 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         max_delay=max_delay,
         state_dir=(root.path.parent / state.string("dir", "/run/appliance")).resolve(),
         log_level=logging.choice("level", log.LEVELS, "info"),
+        qoe_address=str(qoe.ipv4("address", "169.254.0.1")),
+        qoe_port=qoe.integer("port", 5001, low=1, high=65535),
     )
-    for table in (device, server, tun, reconnect, state, logging, root):
+    for table in (device, server, tun, reconnect, state, logging, qoe, root):
         table.done()
     return config
 

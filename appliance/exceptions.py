@@ -3,6 +3,7 @@
 Tree::
 
     ApplianceError
+    ├── InputError               a file or argument given on the command line is wrong
     └── ConnectError             one attempt to open a tunnel failed; the message says why
         ├── RefusedError         the server answered the upgrade with an HTTP refusal
         ├── CertificateError     the server's certificate did not verify
@@ -17,6 +18,10 @@ from __future__ import annotations
 
 class ApplianceError(Exception):
     """Root of every error raised on purpose by the appliance package."""
+
+
+class InputError(ApplianceError):
+    """A file or argument given on the command line is wrong."""
 
 
 class ConnectError(ApplianceError):

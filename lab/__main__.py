@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
-from lab import deploy, netns
-from lab.topology import NAT, SERVER_IP, SRV, Device, Lab
-
-Check = Callable[[], tuple[bool, str]]
+from lab import checks, deploy, netns, services
+from lab.topology import NAT, SERVER_IP, SRV, Lab
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             lab.up(args.devices)
             lab.wait_tunnels()
-            print_status(lab.status())
+            print(format_status(lab.status()))
         elif args.command == "down":
             lab.down()
             print("lab removed")
@@ -84,71 +80,45 @@ def format_status(data: dict) -> str:
     return "\n".join(lines)
 
 
-def print_status(data: dict) -> None:
-    print(format_status(data))
-
-
-def ping(ns: str, target: str) -> Check:
-    def check() -> tuple[bool, str]:
-        result = netns.run(ns, ["ping", "-c", "3", "-i", "0.2", "-W", "2", target], timeout=20)
-        rtt = re.search(r"= [\d.]+/([\d.]+)/", result.stdout)
-        return result.returncode == 0, f"rtt {rtt.group(1)} ms" if rtt else "no reply"
-
-    return check
-
-
-def unreachable_underlay(device: Device) -> Check:
-    """The NAT refuses connections from the server side to the device's underlay address."""
-    code = (
-        "import socket,sys\n"
-        "try:\n"
-        f"    socket.create_connection(('{device.underlay}', 22), timeout=2)\n"
-        "except OSError as e:\n    print(e); sys.exit(0)\n"
-        "sys.exit(1)\n"
-    )
-
-    def check() -> tuple[bool, str]:
-        result = netns.run(SRV, [sys.executable, "-c", code], timeout=10)
-        return result.returncode == 0, f"{device.underlay}:22 from {SRV}: {result.stdout.strip()}"
-
-    return check
-
-
 def demo(lab: Lab, count: int) -> int:
     print(f"== bringing the lab up ({count} devices) in network namespaces")
     started = time.monotonic()
     lab.up(count)
     lab.wait_tunnels()
     print(f"   tunnels up in {time.monotonic() - started:.1f} s\n")
-    data = lab.status()
-    checks: list[tuple[str, str, Check]] = []
-    for row, device in zip(data["devices"], lab.devices(), strict=True):
-        checks.append(("ping device->server", device.name, ping(device.ns, "169.254.0.1")))
-        checks.append(("ping server->device", device.name, ping(SRV, row["overlay"])))
-        checks.append(("nat blocks underlay", device.name, unreachable_underlay(device)))
     failed = 0
-    print(f"{'CHECK':<22} {'DEVICE':<7} {'RESULT':<6} {'TIME':>7}  DETAIL")
-    for name, device_name, check in checks:
+    print(f"{'CHECK':<21} {'DEVICE':<6} {'RESULT':<6} {'TIME':>6}  DETAIL")
+    for name, device, check in checks.all_checks(lab):
         start = time.monotonic()
         ok, detail = check()
         failed += not ok
         print(
-            f"{name:<22} {device_name:<7} {'pass' if ok else 'FAIL':<6} "
-            f"{time.monotonic() - start:>6.2f}s  {detail}"
+            f"{name:<21} {device.name:<6} {'pass' if ok else 'FAIL':<6} "
+            f"{time.monotonic() - start:>5.2f}s  {detail}"
         )
     print()
-    print_status(lab.status())
-    first = data["devices"][0]
+    data = lab.status()
+    print(format_status(data))
+    first, device = data["devices"][0], lab.devices()[0]
+    secrets = services.Secrets.load(lab.dir)
     print(f"""
-The lab stays up. Look inside:
-  tcpdump on the server TUN:   ip netns exec {SRV} tcpdump -ni ovl0
-  tcpdump on a device TUN:     ip netns exec {first["netns"]} tcpdump -ni ovl0
-  the underlay (TLS only):     ip netns exec {SRV} tcpdump -ni eth0 tcp port 443
-  ping a device:               ip netns exec {SRV} ping {first["overlay"]}
-  server sessions:    .venv/bin/overlay status --config {lab.server_config}
-  device tunnel:      .venv/bin/appliance status --config {lab.device_config(lab.devices()[0])}
-  the NAT's refusals:          ip netns exec {NAT} nft list chain ip ovl_lab forward
-Remove it with: scripts/lab down""")
+The lab stays up. Look inside (as root, from this folder):
+  server TUN, all devices:  ip netns exec {SRV} tcpdump -ni ovl0
+  one device's TUN:         ip netns exec {first["netns"]} tcpdump -ni ovl0
+  the underlay (TLS only):  ip netns exec {SRV} tcpdump -ni eth0 tcp port 443
+  snmpwalk a device (v2c):  ip netns exec {SRV} snmpwalk -v2c -c {services.COMMUNITY} -On -m '' \\
+                              {first["overlay"]} .1.3.6.1.2.1.1
+  snmpwalk a device (v3):   ip netns exec {SRV} snmpwalk -v3 -l authPriv -u {services.SNMP_USER} \\
+                              -a SHA -A {secrets.auth} -x AES -X {secrets.priv} -On -m '' \\
+                              {first["overlay"]} .1.3.6.1.2.1.1
+  syslog received:          tail {services.syslog_file(lab.dir)}
+  QoE reports:              .venv/bin/overlay qoe --config {lab.server_config}
+  server sessions:          .venv/bin/overlay status --config {lab.server_config}
+  device tunnel:            .venv/bin/appliance status --config {lab.device_config(device)}
+  NAT refusals:             ip netns exec {NAT} nft list chain ip ovl_lab forward
+Cut a device off for 30 s: scripts/lab cut {device.name} 30
+Kill the server:           scripts/lab kill server
+Remove the lab:            scripts/lab down""")
     if failed:
         print(f"\n{failed} check(s) failed", file=sys.stderr)
     return 1 if failed else 0

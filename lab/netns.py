@@ -138,7 +138,12 @@ def exec_argv(ns: str, argv: Sequence[str]) -> list[str]:
 
 
 def run(
-    ns: str, argv: Sequence[str], timeout: float = 30, check: bool = False, input: str | None = None
+    ns: str,
+    argv: Sequence[str],
+    timeout: float = 30,
+    check: bool = False,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command in ``ns`` to completion and capture its output."""
     return subprocess.run(
@@ -148,6 +153,7 @@ def run(
         timeout=timeout,
         check=check,
         input=input,
+        env=env,
     )
 
 

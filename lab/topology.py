@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab import deploy, netns
+from lab import deploy, netns, services
 
 SRV, NAT = "ovl-srv", "ovl-nat"
 SERVER_IP, NAT_WAN = "198.18.0.1", "198.18.0.254"
@@ -155,11 +155,17 @@ class Lab:
             lambda: deploy.status(self.server_control),
             log=self.server_config.parent / "server.log",
         )
+        services.start_server_side(self.dir, SRV)
         for device in devices:
             config = deploy.appliance_config(
                 self.device_config(device).parent, device.id, [URL], ca_file, password, vrf=VRF
             )
             deploy.start_appliance(device.ns, config)
+        self.wait_tunnels()
+        for device, row in zip(devices, self.status()["devices"], strict=True):
+            services.start_snmpd(
+                self.device_config(device).parent, device.ns, device.name, row["overlay"]
+            )
 
     def _password(self) -> str:
         """The lab's tunnel password: random, made once, kept with the lab's files."""

@@ -22,6 +22,7 @@ from overlay import certs, control, log, process
 from overlay.exceptions import OverlayError
 from overlay.server import auth
 from overlay.server.config import EXAMPLE, load_server_config
+from overlay.server.qoe import ReportStore
 
 MIN_PASSWORD = 8
 
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS name or IP address of the server (repeat for several)",
     )
 
+    qoe = commands.add_parser("qoe", help="list the QoE reports devices sent")
+    qoe.add_argument("--config", required=True, type=Path, help="server.toml")
+    qoe.add_argument("--device", help="only this device id")
+    qoe.add_argument("--limit", type=int, default=50, help="the newest N reports (default 50)")
+    qoe.add_argument("--json", action="store_true", help="print JSON lines for scripts")
+
     commands.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
     commands.add_parser("example-config", help="print a commented server.toml")
     return parser
@@ -70,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             data = asyncio.run(control.fetch_status(config.control_socket))
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
+        if args.command == "qoe":
+            config = load_server_config(args.config)
+            return list_qoe(config.qoe_file, args.device, args.limit, args.json)
         if args.command == "certs":
             for path in certs.init(args.directory, args.names):
                 print(path)
@@ -84,6 +94,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def list_qoe(path: Path, device: str | None, limit: int, as_json: bool) -> int:
+    if not path.exists():
+        return process.fail(f"no QoE reports yet: {path} does not exist")
+    store = ReportStore(path, readonly=True)
+    try:
+        reports = store.list(device, limit)
+    finally:
+        store.close()
+    for r in reports:
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "received": r.received,
+                        "device": r.device,
+                        "vrf": r.vrf,
+                        "address": r.address,
+                        "report": r.report,
+                    }
+                )
+            )
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.received))
+            print(
+                f"{r.id:>6} {when} {r.device:<20} {r.vrf:<12} {r.address:<15} "
+                f"{json.dumps(r.report, separators=(',', ':'))}"
+            )
+    return 0
 
 
 def hash_password() -> int:

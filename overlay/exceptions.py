@@ -7,7 +7,7 @@ Tree::
     ├── FrameError           a binary frame does not split into whole IP packets
     ├── HelloError           the hello message is missing, malformed or of another version
     ├── PoolExhaustedError   no free overlay address is left in the pool
-    ├── LeaseStoreError      the lease store cannot be opened or written
+    ├── StoreError           a store (leases, QoE reports) cannot be opened, read or written
     ├── TunError (OSError)   a TUN device cannot be created or configured
     └── ControlError         the local control socket of a running process cannot be reached
 
@@ -37,8 +37,8 @@ class PoolExhaustedError(OverlayError):
     """Every address of the overlay pool is leased."""
 
 
-class LeaseStoreError(OverlayError):
-    """The lease store cannot be opened, read or written."""
+class StoreError(OverlayError):
+    """A store (leases, QoE reports) cannot be opened, read or written."""
 
 
 class TunError(OverlayError, OSError):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import secrets
 import ssl
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -28,6 +30,7 @@ from overlay.server.config import ServerConfig
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.leases import LeaseStore
 from overlay.server.policy import Policy
+from overlay.server.qoe import MAX_REPORT, Collector, ReportStore
 from overlay.server.router import Router
 from overlay.server.sessions import ServerSession
 from overlay.tun import Tun
@@ -52,10 +55,13 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext:
 class Server:
     """One overlay server: owns the lease store, the TUN, the router and the sessions."""
 
-    def __init__(self, config: ServerConfig, store: LeaseStore, tun: Tun) -> None:
+    def __init__(
+        self, config: ServerConfig, store: LeaseStore, tun: Tun, collector: Collector | None
+    ) -> None:
         self.config = config
         self.store = store
         self.tun = tun
+        self.collector = collector
         self.credentials = Credentials(config.username, config.password_hash)
         self.router = Router(tun, Policy(), batch_bytes=config.max_message)
         self.refusals: Counter[str] = Counter()
@@ -160,6 +166,7 @@ class Server:
             ],
             "refusals": dict(self.refusals),
             "drops": dict(drops),
+            "qoe": dict(self.collector.counters) if self.collector else None,
         }
 
     async def close_sessions(self) -> None:
@@ -177,32 +184,53 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     """Run the server until ``stop`` is set, then close every session with 1001."""
     context = tls_context(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = LeaseStore(config.lease_file, config.pool)
-    tun = Tun.create(config.tun_name)
-    try:
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        store = LeaseStore(config.lease_file, config.pool)
+        stack.callback(store.close)
+        tun = Tun.create(config.tun_name)
+        stack.callback(tun.close)
         await tun.configure(config.interface, config.mtu)
-        server = Server(config, store, tun)
+
+        collector = None
+        if config.qoe_port is not None:
+            reports = ReportStore(config.qoe_file)
+            stack.callback(reports.close)
+            collector = Collector(reports, lambda address: lease_owner(store, address))
+            qoe = await listen(
+                loop.create_server(
+                    lambda: asyncio.StreamReaderProtocol(
+                        asyncio.StreamReader(limit=MAX_REPORT + 1), collector.handle
+                    ),
+                    str(config.address),
+                    config.qoe_port,
+                    ssl=context,
+                ),
+                f"{config.address}:{config.qoe_port} (QoE)",
+            )
+            stack.callback(qoe.close)
+
+        server = Server(config, store, tun, collector)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        loop = asyncio.get_running_loop()
-        protocol_factory = runner.server
-        assert protocol_factory is not None  # set by setup()
-        try:
-            listener = await loop.create_server(
-                protocol_factory,
+        stack.push_async_callback(runner.cleanup)
+        assert runner.server is not None  # set by setup()
+        listener = await listen(
+            loop.create_server(
+                runner.server,
                 config.host,
                 config.port,
                 ssl=context,
                 reuse_address=True,
                 ssl_handshake_timeout=config.handshake_timeout,
-            )
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
-            ) from None
+            ),
+            f"{config.host}:{config.port}",
+        )
         control_runner = await control.start(config.control_socket, server.status)
-        router_task = asyncio.create_task(server.router.run())
+        stack.push_async_callback(control_runner.cleanup)
+        router = asyncio.create_task(server.router.run())
+        stack.push_async_callback(cancel, router)
+
         log.info(
             "server listening",
             listen=f"{config.host}:{config.port}",
@@ -210,18 +238,29 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             overlay=str(config.address),
             tun=tun.name,
             leases=len(store),
+            qoe=config.qoe_port,
         )
         await stop.wait()
         log.info("server stopping", sessions=len(server.router.by_key))
         listener.close()
         await server.close_sessions()
-        router_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await router_task
-        await control_runner.cleanup()
-        await runner.shutdown()
-        await runner.cleanup()
-    finally:
-        tun.close()
-        store.close()
     log.info("server stopped")
+
+
+def lease_owner(store: LeaseStore, address: ipaddress.IPv4Address) -> tuple[str, str] | None:
+    lease = store.owner(address)
+    return (lease.device, lease.vrf) if lease is not None else None
+
+
+async def listen(starting: Awaitable[asyncio.Server], where: str) -> asyncio.Server:
+    """Await a listener; a port in use or an address not here becomes one clear line."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
+
+
+async def cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

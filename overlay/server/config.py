@@ -36,6 +36,11 @@ class ServerConfig:
     password_hash: PasswordHash
     state_dir: Path
     log_level: str
+    qoe_port: int | None
+
+    @property
+    def qoe_file(self) -> Path:
+        return self.state_dir / "qoe.sqlite"
 
     @property
     def interface(self) -> ipaddress.IPv4Interface:
@@ -58,6 +63,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     auth = root.table("auth", required=True)
     state = root.table("state")
     logging = root.table("log")
+    qoe = root.table("qoe")
 
     url_path = listen.string("path", wire.DEFAULT_PATH)
     if not url_path.startswith("/"):
@@ -97,8 +103,11 @@ def load_server_config(path: str | Path) -> ServerConfig:
         password_hash=password_hash,
         state_dir=path_relative(root.path, state.string("dir", "/var/lib/overlay")),
         log_level=logging.choice("level", log.LEVELS, "info"),
+        qoe_port=qoe.integer("port", 5001, low=1, high=65535)
+        if qoe.flag("enabled", True)
+        else None,
     )
-    for table in (listen, overlay, auth, state, logging, root):
+    for table in (listen, overlay, auth, state, logging, qoe, root):
         table.done()
     return config
 

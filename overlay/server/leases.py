@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.addressing import AddressPool
-from overlay.exceptions import LeaseStoreError
+from overlay.exceptions import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -51,14 +51,14 @@ class LeaseStore:
             self._db.execute(SCHEMA)
             rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
         except sqlite3.Error as exc:
-            raise LeaseStoreError(f"cannot open lease store {path}: {exc}") from None
+            raise StoreError(f"cannot open lease store {path}: {exc}") from None
         self._by_key: dict[tuple[str, str], Lease] = {}
-        self._taken: set[ipaddress.IPv4Address] = set()
+        self._by_address: dict[ipaddress.IPv4Address, Lease] = {}
         self._last: ipaddress.IPv4Address | None = None
         for device, vrf, address, created in rows:
             lease = Lease(device, vrf, ipaddress.IPv4Address(address), created)
             self._by_key[(device, vrf)] = lease
-            self._taken.add(lease.address)
+            self._by_address[lease.address] = lease
             if self._last is None or lease.address > self._last:
                 self._last = lease.address
 
@@ -68,6 +68,10 @@ class LeaseStore:
     def get(self, device: str, vrf: str) -> Lease | None:
         return self._by_key.get((device, vrf))
 
+    def owner(self, address: ipaddress.IPv4Address) -> Lease | None:
+        """The lease holding ``address``, if any."""
+        return self._by_address.get(address)
+
     def lease(self, device: str, vrf: str) -> Lease:
         """Return the lease of (device, VRF), creating and storing it on first sight.
 
@@ -76,7 +80,7 @@ class LeaseStore:
         existing = self._by_key.get((device, vrf))
         if existing is not None:
             return existing
-        address = self.pool.allocate(self._taken, after=self._last)
+        address = self.pool.allocate(self._by_address.keys(), after=self._last)
         lease = Lease(device, vrf, address, time.time())
         try:
             self._db.execute(
@@ -84,9 +88,9 @@ class LeaseStore:
                 (device, vrf, str(address), lease.created),
             )
         except sqlite3.Error as exc:
-            raise LeaseStoreError(f"cannot store lease in {self.path}: {exc}") from None
+            raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
         self._by_key[(device, vrf)] = lease
-        self._taken.add(address)
+        self._by_address[address] = lease
         self._last = address
         return lease
 

@@ -21,17 +21,24 @@ import aiohttp
 from overlay import wire
 
 
-async def open_tunnel(http: aiohttp.ClientSession, url: str, context: ssl.SSLContext,
-                      password: str, device: str) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
-    ws = await http.ws_connect(url, protocols=(wire.SUBPROTOCOL,), ssl=context,
-                               auth=aiohttp.BasicAuth("VPN", password), autoping=True,
-                               headers={wire.HEADER_DEVICE: device, wire.HEADER_VRF: "default"})
+async def open_tunnel(
+    http: aiohttp.ClientSession, url: str, context: ssl.SSLContext, password: str, device: str
+) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    ws = await http.ws_connect(
+        url,
+        protocols=(wire.SUBPROTOCOL,),
+        ssl=context,
+        auth=aiohttp.BasicAuth("VPN", password),
+        autoping=True,
+        headers={wire.HEADER_DEVICE: device, wire.HEADER_VRF: "default"},
+    )
     hello = json.loads((await ws.receive(timeout=10)).data)
     return ws, hello
 
 
-async def main(url: str, ca_file: str, password: str, device: str, action: str,
-               arg: str | None) -> dict[str, Any]:
+async def main(
+    url: str, ca_file: str, password: str, device: str, action: str, arg: str | None
+) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=ca_file)
     async with aiohttp.ClientSession() as http:
         ws, hello = await open_tunnel(http, url, context, password, device)
@@ -50,8 +57,11 @@ async def main(url: str, ca_file: str, password: str, device: str, action: str,
         if action == "takeover":
             second, again = await open_tunnel(http, url, context, password, device)
             message = await ws.receive(timeout=10)
-            result = {"first": message.type.name, "code": message.data,
-                      "same_address": again["address"] == hello["address"]}
+            result = {
+                "first": message.type.name,
+                "code": message.data,
+                "same_address": again["address"] == hello["address"],
+            }
             await second.close()
             return result
     raise SystemExit(f"unknown action {action}")

@@ -1,24 +1,40 @@
-"""The lab as an operator uses it: up, status --json, demo checks, kill server, down."""
+"""The lab as an operator uses it: up, status --json, every management service, tcpdump, down."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import netns
+from lab import checks, netns
 from lab.deploy import wait_for
+from lab.topology import Lab
 from tests.integration.conftest import REPO
 
 pytestmark = pytest.mark.netns
 
+SERVICES = [
+    "ping device->server",
+    "ping server->device",
+    "nat blocks underlay",
+    "snmp v2c get",
+    "snmp v3 authPriv get",
+    "syslog udp",
+    "syslog tcp",
+    "ntp",
+    "qoe report",
+    "http download",
+]
 
-def lab(directory: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+
+def lab_cli(directory: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lab", *args],
         cwd=REPO,
@@ -29,27 +45,25 @@ def lab(directory: Path, *args: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
-@pytest.fixture
-def lab_dir(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "lab"
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """``scripts/lab up`` with two devices, removed with ``scripts/lab down`` after the module."""
+    directory = tmp_path_factory.mktemp("lab") / "lab"
     try:
-        yield directory
+        up = lab_cli(directory, "up", "--devices", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield Lab(directory)
     finally:
-        lab(directory, "down")
+        lab_cli(directory, "down")
 
 
-def test_lab_up_status_demo_kill_and_down(lab_dir: Path) -> None:
-    up = lab(lab_dir, "up", "--devices", "2")
-    assert up.returncode == 0, up.stdout + up.stderr
-
-    status = json.loads(lab(lab_dir, "status", "--json").stdout)
-    assert status["dir"] == str(lab_dir)
-    assert status["server"] | {"state": None, "sessions": None} == {
+def test_status_json_follows_the_lab_contract(lab: Lab) -> None:
+    status = json.loads(lab_cli(lab.dir, "status", "--json").stdout)
+    assert status["dir"] == str(lab.dir)
+    assert {k: status["server"][k] for k in ("netns", "overlay", "url")} == {
         "netns": "ovl-srv",
         "overlay": "169.254.0.1",
         "url": "wss://198.18.0.1:443/tun",
-        "state": None,
-        "sessions": None,
     }
     assert [
         (d["name"], d["netns"], d["vrf"], d["underlay"], d["state"]) for d in status["devices"]
@@ -57,33 +71,107 @@ def test_lab_up_status_demo_kill_and_down(lab_dir: Path) -> None:
         ("dev1", "ovl-dev1", "main-vrf", "198.19.1.11", "up"),
         ("dev2", "ovl-dev2", "main-vrf", "198.19.2.11", "up"),
     ]
-    assigned = {d["name"]: d["overlay"] for d in status["devices"]}
-    assert sorted(assigned.values()) == ["169.254.1.1", "169.254.1.2"]  # in order of arrival
+    addresses = sorted(d["overlay"] for d in status["devices"])
+    assert addresses == ["169.254.1.1", "169.254.1.2"]  # in order of arrival
     assert all(d["id"] for d in status["devices"])
 
-    again = lab(lab_dir, "up", "--devices", "2")  # idempotent: nothing is rebuilt
-    assert again.returncode == 0
 
-    demo = lab(lab_dir, "demo", "--devices", "2")
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert demo.stdout.count(" pass ") == 6
-    assert "nat blocks underlay    dev1    pass" in demo.stdout
-    assert "ip netns exec ovl-srv tcpdump -ni ovl0" in demo.stdout
+def test_up_twice_changes_nothing(lab: Lab) -> None:
+    before = lab.status()
+    again = lab_cli(lab.dir, "up", "--devices", "2")
+    assert again.returncode == 0, again.stderr
+    assert lab.status() == before
 
-    kill = lab(lab_dir, "kill", "server")
+
+@pytest.mark.parametrize("device", ["dev1", "dev2"])
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_through_the_overlay(lab: Lab, service: str, device: str) -> None:
+    check = next(c for name, d, c in checks.all_checks(lab) if name == service and d.name == device)
+    ok, detail = check()
+    assert ok, detail
+
+
+def test_tcpdump_on_the_server_tun_shows_each_service(lab: Lab) -> None:
+    address = next(d["overlay"] for d in lab.status()["devices"] if d["name"] == "dev1")
+    pcap = lab.dir / "services.pcap"
+    capture = netns.spawn(
+        "ovl-srv",
+        [
+            "tcpdump",
+            "-i",
+            "ovl0",
+            "-U",
+            "--immediate-mode",
+            "-nn",
+            "-w",
+            str(pcap),
+            "host",
+            address,
+        ],
+        lab.dir / "tcpdump.log",
+    )
+    try:
+        wait_for("tcpdump start", lambda: "listening on" in (lab.dir / "tcpdump.log").read_text())
+        for name, device, check in checks.all_checks(lab):
+            if device.name == "dev1" and name in (
+                "snmp v2c get",
+                "syslog udp",
+                "syslog tcp",
+                "ntp",
+                "qoe report",
+            ):
+                assert check()[0], name
+        time.sleep(0.5)
+    finally:
+        netns.stop(capture)
+    lines = netns.run("ovl-srv", ["tcpdump", "-nn", "-r", str(pcap)]).stdout
+    a = re.escape(address)
+    expected = {
+        "snmp request": rf"169\.254\.0\.1\.\d+ > {a}\.161: .*GetRequest",
+        "snmp response": rf"{a}\.161 > 169\.254\.0\.1\.\d+: .*GetResponse",
+        "syslog udp": rf"{a}\.\d+ > 169\.254\.0\.1\.514: SYSLOG",
+        "syslog tcp": rf"{a}\.\d+ > 169\.254\.0\.1\.514: Flags \[P",
+        "ntp request": rf"{a}\.\d+ > 169\.254\.0\.1\.123: NTPv\d, Client",
+        "ntp response": rf"169\.254\.0\.1\.123 > {a}\.\d+: NTPv\d, Server",
+        "qoe": rf"{a}\.\d+ > 169\.254\.0\.1\.5001: Flags \[P",
+    }
+    missing = [name for name, pattern in expected.items() if not re.search(pattern, lines)]
+    assert not missing, f"not in the capture: {missing}\n{lines[-3000:]}"
+
+
+def test_server_cannot_reach_a_device_except_through_the_overlay(lab: Lab) -> None:
+    device = lab.devices()[0]
+    blocked, detail = checks.nat_blocks_underlay(device)
+    assert blocked, detail
+    address = next(d["overlay"] for d in lab.status()["devices"] if d["name"] == device.name)
+    assert checks.ping("ovl-srv", address)[0]
+
+
+def test_kill_server_keeps_every_address(lab: Lab) -> None:
+    assigned = {d["name"]: d["overlay"] for d in lab.status()["devices"]}
+    kill = lab_cli(lab.dir, "kill", "server")
     assert kill.returncode == 0, kill.stderr
 
     def back() -> bool:
-        rows = json.loads(lab(lab_dir, "status", "--json").stdout)["devices"]
+        rows = lab.status()["devices"]
         return {d["name"]: (d["overlay"], d["state"]) for d in rows} == {
             name: (address, "up") for name, address in assigned.items()
         }
 
     wait_for("devices back after kill server", back, timeout=30)
-    ping = netns.run("ovl-srv", ["ping", "-c", "1", "-W", "2", assigned["dev2"]])
-    assert ping.returncode == 0
+    assert checks.ping("ovl-srv", assigned["dev2"])[0]
 
-    down = lab(lab_dir, "down")
+
+def test_down_removes_everything_also_after_a_failed_up(lab: Lab) -> None:
+    down = lab_cli(lab.dir, "down")
     assert down.returncode == 0
     assert netns.names("ovl-") == []
-    assert not lab_dir.exists()
+    assert not lab.dir.exists()
+    # what a failed `up` leaves: some namespaces, a process inside one, a lab dir
+    netns.create("ovl-srv")
+    netns.create("ovl-dev1")
+    netns.spawn("ovl-dev1", ["sleep", "300"], Path("/dev/null"))
+    lab.dir.mkdir(parents=True)
+    assert lab_cli(lab.dir, "down").returncode == 0
+    assert netns.names("ovl-") == []
+    assert not lab.dir.exists()

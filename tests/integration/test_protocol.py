@@ -22,8 +22,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, pki: tuple[Path, Path]) -> 
 
 
 def raw(overlay: Overlay, device: str, action: str, *args: str) -> dict:
-    result = overlay.python("ovlt-raw", "tests.integration.rawclient", URL, str(overlay.ca_file),
-                            PASSWORD, device, action, *args)
+    result = overlay.python(
+        "ovlt-raw",
+        "tests.integration.rawclient",
+        URL,
+        str(overlay.ca_file),
+        PASSWORD,
+        device,
+        action,
+        *args,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 
@@ -35,10 +43,23 @@ def session_of(overlay: Overlay, device: str) -> dict | None:
 
 def test_hello_is_the_documented_message(server: Overlay) -> None:
     hello = raw(server, "SN-HELLO", "hello")
-    assert set(hello) == {"type", "version", "address", "prefix", "server", "mtu",
-                          "ping_interval", "max_message", "session"}
+    assert set(hello) == {
+        "type",
+        "version",
+        "address",
+        "prefix",
+        "server",
+        "mtu",
+        "ping_interval",
+        "max_message",
+        "session",
+    }
     assert (hello["type"], hello["version"], hello["prefix"], hello["server"]) == (
-        "hello", 1, 16, "169.254.0.1")
+        "hello",
+        1,
+        16,
+        "169.254.0.1",
+    )
     assert (hello["mtu"], hello["ping_interval"], hello["max_message"]) == (1400, 60, 262144)
 
 

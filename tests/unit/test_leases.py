@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from overlay.addressing import AddressPool
-from overlay.exceptions import LeaseStoreError, PoolExhaustedError
+from overlay.exceptions import PoolExhaustedError, StoreError
 from overlay.server.leases import LeaseStore
 
 POOL = AddressPool.parse("169.254.1.0/24")
@@ -41,7 +41,7 @@ def test_exhausted_pool_keeps_existing_leases(tmp_path):
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     path = tmp_path / "leases.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(LeaseStoreError, match="cannot open lease store"):
+    with pytest.raises(StoreError, match="cannot open lease store"):
         LeaseStore(path, POOL)
     assert path.read_bytes() == b"this is not sqlite" * 100  # left as it was
 

@@ -1,0 +1,71 @@
+"""Send QoE reports to the server's collector over the overlay (TLS over TCP, JSON lines).
+
+The collector listens on the server's overlay address; the device's own
+overlay address tells the server who sent a report, so a report carries no
+credentials. TLS verifies the server as the tunnel does: the same CA, and the
+name of the server the tunnel is connected to now (or ``server_name``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import yarl
+
+from appliance.config import ApplianceConfig
+from appliance.exceptions import ConnectError, InputError, UnreachableError
+from appliance.tunnel import client_tls
+from overlay import control
+
+TIMEOUT = 10.0
+
+
+def read_reports(text: str) -> list[bytes]:
+    """The non-empty lines of ``text``, each checked to be one JSON object."""
+    reports = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            report = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"report line {number} is not JSON: {exc}") from None
+        if not isinstance(report, dict):
+            raise InputError(f"report line {number} is not a JSON object")
+        reports.append(json.dumps(report, separators=(",", ":")).encode())
+    if not reports:
+        raise InputError("no report to send: give one JSON object per line")
+    return reports
+
+
+async def send_reports(config: ApplianceConfig, reports: list[bytes]) -> list[dict[str, Any]]:
+    """Send ``reports`` through the running tunnel; return the collector's answers."""
+    status = (await control.fetch_status(config.control_socket))["tunnels"][0]
+    if status["state"] != "up":
+        raise ConnectError(f"the tunnel is {status['state']}, not up: {status['last_error']}")
+    name = config.server_name or yarl.URL(status["server"]).host
+    where = f"{config.qoe_address}:{config.qoe_port}"
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                config.qoe_address, config.qoe_port, ssl=client_tls(config), server_hostname=name
+            ),
+            TIMEOUT,
+        )
+    except (OSError, TimeoutError) as exc:
+        raise UnreachableError(f"cannot reach the QoE collector at {where}: {exc}") from None
+    answers = []
+    try:
+        for report in reports:
+            writer.write(report + b"\n")
+            line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+            if not line:
+                raise UnreachableError(f"the QoE collector at {where} closed the connection")
+            answers.append(json.loads(line))
+    except (OSError, TimeoutError) as exc:
+        raise UnreachableError(f"sending to the QoE collector at {where} failed: {exc}") from None
+    finally:
+        writer.close()
+    return answers

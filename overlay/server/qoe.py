@@ -1,0 +1,144 @@
+"""The QoE collector: devices send voice-quality reports to 169.254.0.1:5001 over the overlay.
+
+A device opens TLS over TCP to the server's overlay address and writes one JSON
+object per line; the collector answers each line with one JSON line,
+``{"stored": ID}`` or ``{"error": "…"}``. The device's identity comes from the
+overlay itself: the source address of the connection is a lease, so the report
+is stored with the device id and VRF the server gave that address. A source
+that holds no lease is refused. Reports are kept in SQLite next to the leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from overlay.exceptions import StoreError
+
+MAX_REPORT = 65536
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    device TEXT NOT NULL,
+    vrf TEXT NOT NULL,
+    address TEXT NOT NULL,
+    report TEXT NOT NULL
+)
+"""
+
+log = structlog.get_logger("overlay.qoe")
+
+
+class ReportError(ValueError):
+    """A line that is not one JSON object."""
+
+
+def parse_report(line: bytes) -> dict[str, Any]:
+    """Parse one report line; raise :class:`ReportError` saying what is wrong."""
+    if len(line) > MAX_REPORT:
+        raise ReportError(f"report longer than {MAX_REPORT} bytes")
+    try:
+        report = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"not JSON: {exc}") from None
+    if not isinstance(report, dict):
+        raise ReportError("a report must be a JSON object")
+    return report
+
+
+@dataclass(frozen=True)
+class Report:
+    id: int
+    received: float
+    device: str
+    vrf: str
+    address: str
+    report: dict[str, Any]
+
+
+class ReportStore:
+    """QoE reports in SQLite."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            else:
+                self._db = sqlite3.connect(path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open QoE store {path}: {exc}") from None
+
+    def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO reports (received, device, vrf, address, report) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":"))),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def list(self, device: str | None = None, limit: int = 100) -> list[Report]:
+        query = "SELECT id, received, device, vrf, address, report FROM reports"
+        args: tuple[Any, ...] = ()
+        if device is not None:
+            query += " WHERE device = ?"
+            args = (device,)
+        query += " ORDER BY id DESC LIMIT ?"
+        try:
+            rows = self._db.execute(query, (*args, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read QoE store {self.path}: {exc}") from None
+        return [Report(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+Owner = Callable[[ipaddress.IPv4Address], tuple[str, str] | None]
+
+
+class Collector:
+    """Accepts report connections and stores what they send."""
+
+    def __init__(self, store: ReportStore, owner: Owner) -> None:
+        self.store = store
+        self.owner = owner
+        self.counters: Counter[str] = Counter()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        try:
+            source = ipaddress.IPv4Address(peer[0])
+            owner = self.owner(source)
+            if owner is None:
+                self.counters["unknown-source"] += 1
+                log.warning("qoe report from an address without a lease", source=str(source))
+                return
+            device, vrf = owner
+            while line := await reader.readline():
+                try:
+                    report = parse_report(line)
+                except ReportError as exc:
+                    self.counters["rejected"] += 1
+                    writer.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+                    continue
+                stored = self.store.add(device, vrf, str(source), report)
+                self.counters["stored"] += 1
+                writer.write(json.dumps({"stored": stored}).encode() + b"\n")
+                await writer.drain()
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            self.counters["failed"] += 1
+        finally:
+            writer.close()
