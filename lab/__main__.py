@@ -115,7 +115,7 @@ The lab stays up. Look inside (as root, from this folder):
   QoE reports:              .venv/bin/overlay qoe --config {lab.server_config}
   server sessions:          .venv/bin/overlay status --config {lab.server_config}
   device tunnel:            .venv/bin/appliance status --config {lab.device_config(device)}
-  NAT refusals:             ip netns exec {NAT} nft list chain ip ovl_lab forward
+  NAT refusals:             ip netns exec {NAT} nft list chain ip ovl_nat forward
 Cut a device off for 30 s: scripts/lab cut {device.name} 30
 Kill the server:           scripts/lab kill server
 Remove the lab:            scripts/lab down""")

@@ -29,26 +29,12 @@ from lab import deploy, netns, services
 
 SRV, NAT = "ovl-srv", "ovl-nat"
 SERVER_IP, NAT_WAN = "198.18.0.1", "198.18.0.254"
+WAN_NET, LAN_NET = "198.18.0.0/24", "198.19.0.0/16"
 URL = f"wss://{SERVER_IP}:443/tun"
 VRF = "main-vrf"
 DEFAULT_DIR = Path(os.environ.get("OVL_LAB_DIR", "/var/tmp/ovl-lab"))
 
-NAT_RULES = """\
-table ip ovl_lab
-delete table ip ovl_lab
-table ip ovl_lab {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" masquerade
-    }
-    chain forward {
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "lan*" oifname "wan0" accept
-        counter comment "new connections from outside"
-    }
-}
-"""
+NAT_RULES = Path(__file__).parents[1] / "deploy" / "nat.nft"
 
 
 @dataclass(frozen=True)
@@ -132,11 +118,10 @@ class Lab:
         netns.veth(SRV, "eth0", NAT, "wan0")
         netns.address(SRV, "eth0", f"{SERVER_IP}/24")
         netns.address(NAT, "wan0", f"{NAT_WAN}/24")
-        netns.route(SRV, "198.19.0.0/16", NAT_WAN)
+        netns.route(SRV, LAN_NET, NAT_WAN)
         netns.sysctl(NAT, "net.ipv4.ip_forward", "1")
-        subprocess.run(
-            netns.exec_argv(NAT, ["nft", "-f", "-"]), input=NAT_RULES, text=True, check=True
-        )
+        rules = NAT_RULES.read_text().replace("@LAN@", LAN_NET).replace("@WAN@", WAN_NET)
+        subprocess.run(netns.exec_argv(NAT, ["nft", "-f", "-"]), input=rules, text=True, check=True)
         for device in devices:
             netns.create(device.ns)
             netns.veth(NAT, f"lan{device.index}", device.ns, "eth0")
