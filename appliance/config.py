@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yarl
 
+from appliance.dhcp import FORMATS
 from overlay import configfile, log, wire
 from overlay.tun import IFNAMSIZ
 
@@ -34,6 +35,15 @@ class ApplianceConfig:
     log_level: str
     qoe_address: str
     qoe_port: int
+    keepalive_interval: int | None
+    keepalive_misses: int
+    dhcp_lease_file: Path | None
+    dhcp_format: str
+    dhcp_poll: float
+    proxy: str | None
+    proxy_username: str | None
+    proxy_password: str | None
+    proxy_from_environment: bool
 
     @property
     def control_socket(self) -> Path:
@@ -49,6 +59,9 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     state = root.table("state")
     logging = root.table("log")
     qoe = root.table("qoe")
+    keepalive = root.table("keepalive")
+    dhcp = root.table("dhcp")
+    proxy = root.table("proxy")
 
     device_id = device.string("id")
     if not wire.NAME.fullmatch(device_id):
@@ -85,10 +98,52 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_address=str(qoe.ipv4("address", "169.254.0.1")),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535),
+        keepalive_interval=keepalive.integer("interval", 0, low=0, high=3600) or None,
+        keepalive_misses=keepalive.integer("misses", 3, low=1, high=100),
+        dhcp_lease_file=path_or_none(dhcp, "lease_file"),
+        dhcp_format=dhcp.choice("format", FORMATS, "auto"),
+        dhcp_poll=dhcp.number("poll_interval", 5.0, low=0.1, high=3600),
+        proxy=proxy_url(proxy),
+        proxy_username=proxy.optional_str("username"),
+        proxy_password=configfile.read_secret(proxy, "password", "password_file"),
+        proxy_from_environment=proxy.flag("from_environment", False),
     )
-    for table in (device, server, tun, reconnect, state, logging, qoe, root):
+    if config.proxy_username is not None and config.proxy_password is None:
+        proxy.fail("password_file", "is required with proxy.username (or password)")
+    for table in (
+        device,
+        server,
+        tun,
+        reconnect,
+        state,
+        logging,
+        qoe,
+        keepalive,
+        dhcp,
+        proxy,
+        root,
+    ):
         table.done()
     return config
+
+
+def path_or_none(table: configfile.Table, key: str) -> Path | None:
+    """A path that need not exist yet (a DHCP lease file appears when the lease does)."""
+    value = table.optional_str(key)
+    return None if value is None else (table.path.parent / value).resolve()
+
+
+def proxy_url(table: configfile.Table) -> str | None:
+    url = table.optional_str("url")
+    if url is None:
+        return None
+    try:
+        parsed = yarl.URL(url)
+    except ValueError as exc:
+        table.fail("url", f"{url!r} is not a URL: {exc}")
+    if parsed.scheme != "http" or not parsed.host:
+        table.fail("url", f"{url!r} must be http://HOST:PORT (an HTTP CONNECT proxy)")
+    return url
 
 
 def check_url(table: configfile.Table, url: str) -> None:

@@ -6,13 +6,20 @@ once a server accepts the tunnel the device stays on it, and it does not switch
 back when an earlier server recovers (H3C's behaviour: a switch costs a
 reconnect for nothing). Between rounds the device waits, exponentially longer
 each time and with full jitter, so that a thousand devices cut off together do
-not return together; a tunnel that was up resets the wait.
+not return together; a tunnel that was up resets the wait. Some endings change
+the wait (:func:`after_close`, :func:`after_refusal`): a server going away
+(1001) is tried again at once, once; a device replaced by a newer session of
+itself (4001) or removed (4003), or whose credentials were refused, waits the
+longest time instead of fighting the server.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable, Iterator
+
+from overlay.wire import CloseCode
 
 
 def backoff(
@@ -44,3 +51,30 @@ class ServerOrder:
     def connected(self, server: str) -> None:
         """Remember the server that accepted us: it stays preferred (no switch-back)."""
         self.current = self.servers.index(server)
+
+
+class After(enum.Enum):
+    """How soon to try again after a tunnel ended or an attempt was refused."""
+
+    AT_ONCE = "at once"  # the server is going away (1001), or the device itself reconfigured
+    BACKOFF = "backoff"  # the usual jittered wait
+    LONGEST = "longest"  # replaced (4001), removed (4003), refused credentials (401/403):
+    #                      wait the longest backoff rather than fight the server
+
+
+def after_close(code: int | None) -> After:
+    """What to do after an open tunnel ended with close ``code`` (None: no close frame).
+
+    After 1001 the device tries the same server again at once; when that one
+    attempt fails, the round moves on to the next servers as usual.
+    """
+    if code == CloseCode.GOING_AWAY:
+        return After.AT_ONCE
+    if code in (CloseCode.REPLACED, CloseCode.REMOVED):
+        return After.LONGEST
+    return After.BACKOFF
+
+
+def after_refusal(status: int) -> After:
+    """What to do after the server refused the upgrade with HTTP ``status``."""
+    return After.LONGEST if status in (401, 403) else After.BACKOFF

@@ -18,12 +18,13 @@ Each change of state is logged once, with the reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import ipaddress
 import os
 import ssl
 import time
+import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,8 +32,9 @@ import structlog
 import yarl
 
 from appliance.config import ApplianceConfig
+from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
-from appliance.failover import ServerOrder, backoff
+from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
 from overlay import bridge, wire
 from overlay.exceptions import HelloError, TunError
 from overlay.session import Counters, Keepalive
@@ -68,10 +70,21 @@ def client_tls(config: ApplianceConfig) -> ssl.SSLContext:
     return context
 
 
-def explain(exc: BaseException, url: str, config: ApplianceConfig) -> ConnectError:
+def explain(
+    exc: BaseException, url: str, config: ApplianceConfig, proxy: str | None = None
+) -> ConnectError:
     """Turn what aiohttp raised into one sentence an operator can act on."""
     target = yarl.URL(url)
     where = f"{target.host}:{target.port}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        hint = "; check proxy.username and its password" if exc.status == 407 else ""
+        return UnreachableError(
+            f"{url}: the proxy {proxy} refused to connect to {where} (HTTP {exc.status}){hint}"
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        errno = exc.os_error.errno
+        reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+        return UnreachableError(f"{url}: cannot connect to the proxy {proxy}: {reason}")
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         template = REFUSALS.get(exc.status, "the server refused the tunnel")
         message = template.format(user=config.username, device=config.device_id, path=target.path)
@@ -98,22 +111,32 @@ def explain(exc: BaseException, url: str, config: ApplianceConfig) -> ConnectErr
     return UnreachableError(f"{url}: connection failed: {exc or type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How an open tunnel ended."""
+
+    reason: str
+    code: int | None = None  # the close code the server sent, if it sent one
+    local: bool = False  # this device ended it (stopping, or new DHCP values)
+
+
 def lost_because(
     receiving: asyncio.Task[aiohttp.WSMessage],
     sending: asyncio.Task[None],
     pinging: asyncio.Task[None],
     timeout: float,
-) -> str:
+) -> Ended:
     """Why an open tunnel ended, from whichever of its loops ended first."""
     for task in (receiving, sending):
         if task.done() and not task.cancelled() and task.exception() is not None:
-            return f"connection failed: {task.exception()}"
+            return Ended(f"connection failed: {task.exception()}")
     if receiving.done() and not receiving.cancelled():
         last = receiving.result()
-        return closed_because(last.type, last.data, last.extra)
+        code = last.data if last.type is aiohttp.WSMsgType.CLOSE else None
+        return Ended(closed_because(last.type, last.data, last.extra), code)
     if pinging.done() and not pinging.cancelled():
-        return f"server silent for {timeout:.0f} s"
-    return "connection closed"
+        return Ended(f"server silent for {timeout:.0f} s")
+    return Ended("connection closed")
 
 
 def closed_because(kind: aiohttp.WSMsgType, code: object, reason: object) -> str:
@@ -132,6 +155,17 @@ def closed_because(kind: aiohttp.WSMsgType, code: object, reason: object) -> str
     return "connection closed without a close frame"
 
 
+def dhcp_url(server: str, configured: str) -> str:
+    """The tunnel URL for a server name from DHCP: a URL as is, or a host on the configured path."""
+    if "://" in server:
+        return server
+    return str(
+        yarl.URL(configured)
+        .with_host(server.partition(":")[0])
+        .with_port(int(server.partition(":")[2]) if server.partition(":")[2].isdigit() else None)
+    )
+
+
 class DeviceTunnel:
     """The device's tunnel for one VRF, kept up until stopped."""
 
@@ -139,16 +173,36 @@ class DeviceTunnel:
         self.config = config
         self.tun = tun
         self.tls = client_tls(config)
-        self.order = ServerOrder(list(config.urls))
+        self.dhcp = (
+            LeaseWatcher(config.dhcp_lease_file, config.dhcp_format)
+            if config.dhcp_lease_file is not None
+            else None
+        )
+        if self.dhcp is not None:
+            self.dhcp.read()
+        self.urls, self.password = self._settings()
+        self.order = ServerOrder(self.urls)
         self.state = TunnelState.CONNECTING
         self.since = time.time()
         self.server: str | None = None
+        self.failovers = 0
         self.hello: wire.Hello | None = None
         self.last_error: str | None = None
         self.counters = Counters()
+        self._reconfigure = asyncio.Event()
         self.log = structlog.get_logger("appliance.tunnel").bind(
             device=config.device_id, vrf=config.vrf
         )
+
+    def _settings(self) -> tuple[list[str], str]:
+        """Servers and password: DHCP options 253 and 252 win over the config file."""
+        values = self.dhcp.values if self.dhcp is not None else DhcpValues(None, None)
+        urls = (
+            [dhcp_url(values.server, self.config.urls[0])]
+            if values.server
+            else list(self.config.urls)
+        )
+        return urls, values.password or self.config.password
 
     def _enter(self, state: TunnelState, **why: Any) -> None:
         if state is not self.state:
@@ -158,34 +212,78 @@ class DeviceTunnel:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the tunnel up until ``stop`` is set."""
+        watcher = asyncio.create_task(self._watch_dhcp()) if self.dhcp is not None else None
+        try:
+            await self._keep_up(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        self._enter(TunnelState.STOPPED)
+
+    async def _keep_up(self, stop: asyncio.Event) -> None:
         delays = backoff(self.config.min_delay, self.config.max_delay)
         while not stop.is_set():
+            if self._reconfigure.is_set():
+                self._reconfigure.clear()
+                self.urls, self.password = self._settings()
+                self.order = ServerOrder(self.urls)
+            after = After.BACKOFF
             for url in self.order.round():
                 self._enter(TunnelState.CONNECTING, server=url)
                 try:
-                    await self._connect(url, stop)
+                    ended = await self._connect(url, stop)
                 except ConnectError as exc:
                     self.last_error = str(exc)
                     self.log.warning("tunnel attempt failed", error=str(exc))
-                    if isinstance(exc, RefusedError) and exc.status in (401, 403):
-                        delays = backoff(self.config.max_delay, self.config.max_delay)
+                    if isinstance(exc, RefusedError) and after_refusal(exc.status) is After.LONGEST:
+                        after = After.LONGEST
                     continue
-                delays = backoff(
-                    self.config.min_delay, self.config.max_delay
-                )  # it was up: start over
+                delays = backoff(self.config.min_delay, self.config.max_delay)  # it was up
+                after = After.AT_ONCE if ended.local else after_close(ended.code)
+                if not ended.local:
+                    self.last_error = ended.reason
+                    self.log.warning("tunnel lost", reason=ended.reason, then=after.value)
                 break
-            if stop.is_set():
-                break
-            delay = next(delays)
+            if stop.is_set() or after is After.AT_ONCE:
+                continue
+            delay = self.config.max_delay if after is After.LONGEST else next(delays)
             self._enter(TunnelState.BACKOFF, retry_in=round(delay, 2))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-        self._enter(TunnelState.STOPPED)
+            waits = [
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(self._reconfigure.wait()),
+            ]
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
 
-    async def _connect(self, url: str, stop: asyncio.Event) -> None:
+    async def _watch_dhcp(self) -> None:
+        """Rebuild the tunnel when the DHCP lease brings other values; leave it alone otherwise."""
+        assert self.dhcp is not None
+        while True:
+            await asyncio.sleep(self.config.dhcp_poll)
+            if self.dhcp.read() and self._settings() != (self.urls, self.password):
+                self.log.info(
+                    "new server or password from DHCP, reconnecting",
+                    server=self.dhcp.values.server,
+                    password_from_dhcp=self.dhcp.values.password is not None,
+                )
+                self._reconfigure.set()
+
+    def _proxy(self) -> tuple[str | None, aiohttp.BasicAuth | None]:
+        config = self.config
+        proxy = config.proxy
+        if proxy is None and config.proxy_from_environment:
+            proxy = urllib.request.getproxies().get("https")
+        auth = None
+        if config.proxy_username is not None and config.proxy_password is not None:
+            auth = aiohttp.BasicAuth(config.proxy_username, config.proxy_password)
+        return proxy, auth
+
+    async def _connect(self, url: str, stop: asyncio.Event) -> Ended:
         """One connection, bridged until it ends; raises ConnectError when it never came up."""
         config = self.config
         timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout)
+        proxy, proxy_auth = self._proxy()
         try:
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 ws = await asyncio.wait_for(
@@ -193,9 +291,11 @@ class DeviceTunnel:
                         url,
                         protocols=(wire.SUBPROTOCOL,),
                         headers={wire.HEADER_DEVICE: config.device_id, wire.HEADER_VRF: config.vrf},
-                        auth=aiohttp.BasicAuth(config.username, config.password),
+                        auth=aiohttp.BasicAuth(config.username, self.password),
                         ssl=self.tls,
                         server_hostname=config.server_name,
+                        proxy=proxy,
+                        proxy_auth=proxy_auth,
                         autoping=False,
                         compress=0,
                         max_msg_size=MAX_RECEIVE,
@@ -204,12 +304,14 @@ class DeviceTunnel:
                 )
                 async with ws:
                     hello = await self._receive_hello(ws)
+                    if self.server is not None and url != self.server:
+                        self.failovers += 1
                     self.order.connected(url)
-                    await self._bridge(ws, url, hello, stop)
+                    return await self._bridge(ws, url, hello, stop)
         except TunError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, HelloError) as exc:
-            raise explain(exc, url, config) from None
+            raise explain(exc, url, config, proxy) from None
 
     async def _receive_hello(self, ws: aiohttp.ClientWebSocketResponse) -> wire.Hello:
         message = await ws.receive(timeout=HELLO_TIMEOUT)
@@ -219,14 +321,16 @@ class DeviceTunnel:
 
     async def _bridge(
         self, ws: aiohttp.ClientWebSocketResponse, url: str, hello: wire.Hello, stop: asyncio.Event
-    ) -> None:
+    ) -> Ended:
         address = ipaddress.IPv4Interface(f"{hello.address}/{hello.prefix}")
         if self.hello is not None and self.hello.address != hello.address:
             self.log.warning("overlay address changed", old=self.hello.address, new=hello.address)
         await self.tun.configure(address, hello.mtu)
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
-        keepalive = Keepalive(hello.ping_interval)
+        keepalive = Keepalive(
+            self.config.keepalive_interval or hello.ping_interval, self.config.keepalive_misses
+        )
         receiving = asyncio.create_task(
             bridge.receive(
                 ws,
@@ -238,18 +342,19 @@ class DeviceTunnel:
         sending = asyncio.create_task(bridge.pump(self.tun, ws, hello.max_message, self.counters))
         pinging = asyncio.create_task(bridge.keep_alive(ws, keepalive))
         stopping = asyncio.create_task(stop.wait())
-        tasks = (receiving, sending, pinging, stopping)
+        reconfiguring = asyncio.create_task(self._reconfigure.wait())
+        tasks = (receiving, sending, pinging, stopping, reconfiguring)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if stopping.done() and not stopping.cancelled():
-            await ws.close(code=wire.CloseCode.NORMAL, message=b"device stopping")
-            return
-        self.last_error = lost_because(receiving, sending, pinging, keepalive.timeout)
-        self.log.warning("tunnel lost", reason=self.last_error)
+        for task, why in ((stopping, "device stopping"), (reconfiguring, "device reconfigured")):
+            if task.done() and not task.cancelled():
+                await ws.close(code=wire.CloseCode.NORMAL, message=why.encode())
+                return Ended(why, local=True)
+        return lost_because(receiving, sending, pinging, keepalive.timeout)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -261,5 +366,7 @@ class DeviceTunnel:
             "address": self.hello.address if self.hello else None,
             "tun": self.tun.name,
             "last_error": self.last_error,
+            "servers": self.urls,
+            "failovers": self.failovers,
             **self.counters.as_dict(),
         }

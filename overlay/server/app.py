@@ -124,6 +124,7 @@ class Server:
             config.queue_bytes,
             config.max_message,
             config.ping_interval,
+            config.keepalive_misses,
         )
         previous = self.router.attach(session)
         self._sessions.add(session)

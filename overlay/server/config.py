@@ -30,6 +30,7 @@ class ServerConfig:
     pool: AddressPool
     mtu: int
     ping_interval: int
+    keepalive_misses: int
     max_message: int
     queue_bytes: int
     username: str
@@ -95,6 +96,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         ping_interval=overlay.integer(
             "ping_interval", wire.DEFAULT_PING_INTERVAL, low=1, high=3600
         ),
+        keepalive_misses=overlay.integer("keepalive_misses", 3, low=1, high=100),
         max_message=overlay.integer(
             "max_message", wire.DEFAULT_MAX_MESSAGE, low=mtu, high=16 << 20
         ),

@@ -29,6 +29,7 @@ class ServerSession:
         queue_bytes: int,
         max_message: int,
         ping_interval: int,
+        keepalive_misses: int,
     ) -> None:
         self.ws = ws
         self.lease = lease
@@ -41,7 +42,7 @@ class ServerSession:
         self.counters = Counters()
         self.outbox = Outbox(queue_bytes)
         self.max_message = max_message
-        self.keepalive = Keepalive(ping_interval)
+        self.keepalive = Keepalive(ping_interval, keepalive_misses)
         self.close_code: int | None = None
         self._wake = asyncio.Event()
         self.log = structlog.get_logger("overlay.session").bind(
