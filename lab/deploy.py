@@ -38,6 +38,7 @@ def server_config(
     host: str = "0.0.0.0",
     port: int = 443,
     ping_interval: int = 60,
+    keepalive_misses: int = 3,
     extra: str = "",
 ) -> Path:
     """A server.toml in ``directory`` whose state lives in ``directory/state``."""
@@ -52,6 +53,7 @@ key_file = "{pki_dir / certs.KEY_FILE}"
 
 [overlay]
 ping_interval = {ping_interval}
+keepalive_misses = {keepalive_misses}
 
 [auth]
 username = "{USERNAME}"

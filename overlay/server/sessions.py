@@ -16,6 +16,8 @@ from overlay.server.router import Router
 from overlay.session import Counters, Drop, Keepalive, Outbox, State, Tunnel
 from overlay.wire import CloseCode, Hello
 
+CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
+
 
 class ServerSession:
     """A device's tunnel, from the hello to the close."""
@@ -83,7 +85,7 @@ class ServerSession:
             self.log.warning(
                 "device silent, closing its session", silent_for=self.keepalive.timeout
             )
-            await self.close(CloseCode.GOING_AWAY, "keepalive timeout")
+            await self.close(CloseCode.GOING_AWAY, "keepalive timeout", wait=0.5)
         elif self.close_code is None:
             self.close_code = self.ws.close_code
         with contextlib.suppress(Exception):
@@ -104,15 +106,19 @@ class ServerSession:
                 counters.tx_packets += len(packets)
                 counters.tx_bytes += len(frame)
 
-    async def close(self, code: CloseCode, reason: str) -> None:
-        """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …)."""
+    async def close(self, code: CloseCode, reason: str, wait: float = CLOSE_WAIT) -> None:
+        """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …).
+
+        Waits at most ``wait`` seconds for the device to answer the close, then
+        drops the connection: a silent device would otherwise hold it for long.
+        """
         if self.tunnel.state in (State.CLOSING, State.CLOSED):
             return
         self.tunnel.advance(State.CLOSING)
         self.close_code = code
         self.log.info("closing tunnel", code=int(code), reason=reason)
         with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode())
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), wait)
 
     def status(self) -> dict[str, Any]:
         return {

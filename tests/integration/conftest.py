@@ -68,24 +68,56 @@ class Overlay:
         urls: list[str] | None = None,
         ca_file: Path | None = None,
         extra: str = "",
+        server_name: str | None = None,
     ) -> Device:
         index = len(self.devices) + 1
-        ns = f"{PREFIX}{name}"
-        netns.create(ns)
-        netns.veth(ns, "eth0", SRV, f"v{name}")
-        netns.enslave(SRV, f"v{name}", "br0")
-        netns.address(ns, "eth0", f"198.18.0.{10 + index}/24")
+        ns = self.attach(name, f"198.18.0.{10 + index}")
         config = deploy.appliance_config(
-            self.root / name, name, urls or [URL], ca_file or self.ca_file, password, extra=extra
+            self.root / name,
+            name,
+            urls or [URL],
+            ca_file or self.ca_file,
+            password,
+            server_name=server_name,
+            extra=extra,
         )
         device = Device(name, ns, config)
         self.devices[name] = device
         return device
 
-    def start_server(self, ping_interval: int = 60) -> subprocess.Popen[bytes]:
+    def attach(self, name: str, address: str) -> str:
+        """A namespace ``ovlt-NAME`` on the underlay bridge with ``address``/24."""
+        ns = f"{PREFIX}{name}"
+        netns.create(ns)
+        netns.veth(ns, "eth0", SRV, f"v{name}")
+        netns.enslave(SRV, f"v{name}", "br0")
+        netns.address(ns, "eth0", f"{address}/24")
+        return ns
+
+    def start_extra_server(self, ns: str, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """Another overlay server, in namespace ``ns``; returns it and its control socket."""
+        config = deploy.server_config(self.root / name, self.pki_dir, PASSWORD)
+        process = deploy.start_server(ns, config)
+        self.processes.append(process)
+        control = config.parent / "state" / "control.sock"
+        deploy.wait_for(
+            f"{name} start",
+            lambda: deploy.status(control),
+            process=process,
+            log=config.parent / "server.log",
+        )
+        return process, control
+
+    def start_server(
+        self, ping_interval: int = 60, keepalive_misses: int = 3
+    ) -> subprocess.Popen[bytes]:
         if self.server_config is None:
             self.server_config = deploy.server_config(
-                self.root / "server", self.pki_dir, PASSWORD, ping_interval=ping_interval
+                self.root / "server",
+                self.pki_dir,
+                PASSWORD,
+                ping_interval=ping_interval,
+                keepalive_misses=keepalive_misses,
             )
         self.server = deploy.start_server(SRV, self.server_config)
         self.processes.append(self.server)

@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import sys
+import time
 
 
 def serve(kind: str, address: str, port: int) -> None:
@@ -61,7 +62,44 @@ def send(kind: str, address: str, port: int, size: int) -> int:
     return 0 if same else 1
 
 
+def sink(address: str, port: int) -> None:
+    """Accept one connection, read it to the end, print its length and sha256."""
+    listener = socket.create_server((address, port))
+    print("ready", flush=True)
+    conn, _ = listener.accept()
+    digest, total = hashlib.sha256(), 0
+    with conn:
+        while data := conn.recv(65536):
+            digest.update(data)
+            total += len(data)
+    print(f"received {total} sha256 {digest.hexdigest()}", flush=True)
+
+
+def stream(address: str, port: int, size: int, rate: int) -> int:
+    """Send ``size`` random bytes at about ``rate`` bytes/s; print length and sha256."""
+    digest = hashlib.sha256()
+    chunk = max(rate // 20, 1024)
+    with socket.create_connection((address, port), timeout=300) as sock:
+        started = time.monotonic()
+        for sent in range(0, size, chunk):
+            data = os.urandom(min(chunk, size - sent))
+            digest.update(data)
+            sock.sendall(data)
+            ahead = (sent + len(data)) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # wait for the sink to close: everything was read
+    print(f"sent {size} sha256 {digest.hexdigest()}", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "sink":
+        sink(sys.argv[2], int(sys.argv[3]))
+        sys.exit(0)
+    if sys.argv[1] == "stream":
+        sys.exit(stream(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))
     command, kind, address, port = sys.argv[1:5]
     if command == "serve":
         serve(kind, address, int(port))

@@ -15,3 +15,16 @@ def test_server_order_stays_on_the_server_that_worked():
     assert order.round() == ["a", "b", "c"]
     order.connected("b")
     assert order.round() == ["b", "c", "a"]  # no switch-back to a
+
+
+def test_what_follows_a_close():
+    from appliance.failover import After, after_close, after_refusal
+
+    assert after_close(1001) is After.AT_ONCE
+    assert after_close(4001) is After.LONGEST
+    assert after_close(4003) is After.LONGEST
+    assert after_close(1000) is After.BACKOFF
+    assert after_close(None) is After.BACKOFF
+    assert after_refusal(401) is After.LONGEST
+    assert after_refusal(403) is After.LONGEST
+    assert after_refusal(503) is After.BACKOFF
