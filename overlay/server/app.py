@@ -68,6 +68,7 @@ class Server:
         self.started = time.time()
         self._sessions: set[ServerSession] = set()
         self._closed_drops: Counter[str] = Counter()
+        self._checks: dict[bytes, asyncio.Future[bool]] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -91,9 +92,23 @@ class Server:
         return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
 
     async def _authenticate(self, request: TunnelRequest) -> bool:
-        if self.credentials.remembered(request.username, request.password):
+        """Check credentials; identical checks under way at once share one scrypt run.
+
+        After a restart every device arrives at once with the same shared
+        credentials: one scrypt (16 MiB, tens of ms) answers them all.
+        """
+        username, password = request.username, request.password
+        if self.credentials.remembered(username, password):
             return True
-        return await asyncio.to_thread(self.credentials.check, request.username, request.password)
+        key = self.credentials.token(username, password)
+        pending = self._checks.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                asyncio.to_thread(self.credentials.check, username, password)
+            )
+            self._checks[key] = pending
+            pending.add_done_callback(lambda _: self._checks.pop(key, None))
+        return await asyncio.shield(pending)
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         checked = check_request(request.headers)

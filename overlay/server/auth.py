@@ -96,13 +96,14 @@ class Credentials:
     _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     _good: set[bytes] = field(default_factory=set, repr=False)
 
-    def _token(self, username: str, password: str) -> bytes:
+    def token(self, username: str, password: str) -> bytes:
+        """A keyed digest of these credentials: safe to keep in memory, useless elsewhere."""
         message = username.encode() + b"\x00" + password.encode()
         return hmac.digest(self._key, message, "sha256")
 
     def remembered(self, username: str, password: str) -> bool:
         """True when these exact credentials passed :meth:`check` before: no scrypt needed."""
-        return self._token(username, password) in self._good
+        return self.token(username, password) in self._good
 
     def check(self, username: str, password: str) -> bool:
         """Full check (slow: run it off the event loop)."""
@@ -111,5 +112,5 @@ class Credentials:
         if user_ok and password_ok:
             if len(self._good) >= _MAX_REMEMBERED:
                 self._good.clear()
-            self._good.add(self._token(username, password))
+            self._good.add(self.token(username, password))
         return user_ok and password_ok
