@@ -1,0 +1,27 @@
+"""scripts/bench keeps working: CI runs its quick mode (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import netns
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.netns
+
+
+def test_quick_bench_reconnects_every_device_to_its_address(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reconnect storm, 50 simulated devices" in result.stdout
+    reconnect = json.loads(out.read_text())["reconnect"]
+    assert reconnect["same_addresses_after_sigterm"] is True
+    assert reconnect["same_addresses_after_sigkill"] is True
+    assert netns.names("ovlb-") == []
