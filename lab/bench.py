@@ -76,17 +76,33 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
 
     def start_server() -> subprocess.Popen[bytes]:
         server = deploy.start_server(SRV, config)
-        deploy.wait_for("server start", lambda: deploy.status(control), process=server,
-                        log=config.parent / "server.log")
+        deploy.wait_for(
+            "server start",
+            lambda: deploy.status(control),
+            process=server,
+            log=config.parent / "server.log",
+        )
         return server
 
     server = start_server()
     idle_rss = rss_kib(server.pid)
-    loadgen = subprocess.Popen(
-        netns.exec_argv(GEN, [sys.executable, "-m", "lab.loadgen", "--url",
-                              f"wss://{SERVER_IP}/tun", "--ca", str(ca), "--password-file",
-                              str(work / "password"), "--devices", str(devices)]),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=open(work / "loadgen.err", "w"), text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "lab.loadgen",
+        "--url",
+        f"wss://{SERVER_IP}/tun",
+        "--ca",
+        str(ca),
+        "--password-file",
+        str(work / "password"),
+        "--devices",
+        str(devices),
+    ]
+    with open(work / "loadgen.err", "w") as errors:
+        loadgen = subprocess.Popen(
+            netns.exec_argv(GEN, argv), cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
     events = Events(loadgen)
     try:
         up = events.wait("up", timeout=120 + devices / 20)
@@ -116,19 +132,26 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--part", choices=["reconnect"], action="append")
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="a small run that keeps the script "
-                        "working (CI): 50 devices")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run that keeps the script working (CI): 50 devices",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     devices = 50 if args.quick else args.devices
     parts = args.part or ["reconnect"]
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
         "quick": args.quick,
     }
     for ns in netns.names(PREFIX):

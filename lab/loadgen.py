@@ -59,8 +59,11 @@ class Fleet:
                 async with self.gate:
                     self.attempts += 1
                     ws = await http.ws_connect(
-                        self.args.url, protocols=(wire.SUBPROTOCOL,), ssl=self.tls,
-                        auth=aiohttp.BasicAuth("VPN", self.password), compress=0,
+                        self.args.url,
+                        protocols=(wire.SUBPROTOCOL,),
+                        ssl=self.tls,
+                        auth=aiohttp.BasicAuth("VPN", self.password),
+                        compress=0,
                         headers={wire.HEADER_DEVICE: name, wire.HEADER_VRF: "default"},
                     )
                     hello = wire.Hello.parse((await ws.receive(timeout=10)).data)
@@ -82,11 +85,20 @@ class Fleet:
         count = len(self.connected)
         if count == self.args.devices:
             if self.lost_at is None:
-                self.say("up", devices=count, seconds=round(time.monotonic() - self.started, 3),
-                         attempts=self.attempts)
+                self.say(
+                    "up",
+                    devices=count,
+                    seconds=round(time.monotonic() - self.started, 3),
+                    attempts=self.attempts,
+                )
             else:
-                self.say("back", devices=count, seconds=round(time.monotonic() - self.lost_at, 3),
-                         same_addresses=self.mismatched == 0, attempts=self.attempts)
+                self.say(
+                    "back",
+                    devices=count,
+                    seconds=round(time.monotonic() - self.lost_at, 3),
+                    same_addresses=self.mismatched == 0,
+                    attempts=self.attempts,
+                )
                 self.lost_at = None
 
     def left(self, index: int) -> None:
@@ -115,8 +127,11 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lab.loadgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--password-file", required=True)

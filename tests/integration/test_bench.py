@@ -17,8 +17,13 @@ pytestmark = pytest.mark.netns
 
 def test_quick_bench_reconnects_every_device_to_its_address(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reconnect storm, 50 simulated devices" in result.stdout
     reconnect = json.loads(out.read_text())["reconnect"]
