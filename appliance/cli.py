@@ -19,8 +19,9 @@ import structlog
 
 from appliance import qoe
 from appliance.config import EXAMPLE, ApplianceConfig, load_appliance_config
-from appliance.exceptions import ApplianceError, InputError
-from appliance.tunnel import DeviceTunnel
+from appliance.exceptions import ApplianceError, InputError, VrfError
+from appliance.tunnel import DeviceTunnel, RefusedVrf
+from appliance.vrf import backend as vrf_backend
 from overlay import control, log, process
 from overlay.cli import duration
 from overlay.exceptions import OverlayError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     qoe = commands.add_parser("qoe-send", help="send QoE reports (JSON lines) to the collector")
     qoe.add_argument("--config", required=True, type=Path, help="appliance.toml")
+    qoe.add_argument("--vrf", help="the VRF whose tunnel carries the reports (default: the first)")
     qoe.add_argument(
         "file",
         nargs="?",
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "qoe-send":
             config = load_appliance_config(args.config)
+            vrf = qoe.pick_vrf(config, args.vrf)
             text = read_input(args.file)
-            answers = asyncio.run(qoe.send_reports(config, qoe.read_reports(text)))
+            answers = asyncio.run(qoe.send_reports(config, vrf, qoe.read_reports(text)))
             for answer in answers:
                 print(json.dumps(answer))
             return 0 if all("stored" in a for a in answers) else 1
@@ -86,35 +89,61 @@ def read_input(path: Path | None) -> str:
 
 
 async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:
-    """Create the TUN, serve the control socket, keep the tunnel up until stopped."""
-    tun = Tun.create(config.tun_name)
+    """Create a TUN per VRF, serve the control socket, keep every tunnel up until stopped.
+
+    A VRF that cannot be used here (no such namespace, no kernel VRF support)
+    is refused with its reason and shown in the status; the others run.
+    """
+    log = structlog.get_logger("appliance")
+    rows: list[DeviceTunnel | RefusedVrf] = []
+    tuns: list[Tun] = []
     try:
-        tunnel = DeviceTunnel(config, tun)
+        for vrf in config.vrfs:
+            backend = vrf_backend(vrf.backend, vrf.netns, vrf.device)
+            try:
+                backend.check()
+                tun = Tun.create(vrf.tun_name, backend.netns)
+                tuns.append(tun)
+                await backend.attach(tun)
+            except VrfError as exc:
+                log.error("VRF refused", device=config.device_id, vrf=vrf.name, error=str(exc))
+                rows.append(RefusedVrf(vrf, backend.describe(), str(exc)))
+                continue
+            rows.append(DeviceTunnel(config, vrf, tun, backend))
+        tunnels = [row for row in rows if isinstance(row, DeviceTunnel)]
+        if not tunnels:
+            refused = [row.reason for row in rows if isinstance(row, RefusedVrf)]
+            raise VrfError(f"no VRF can run: {refused[0]}")
         control_runner = await control.start(
-            config.control_socket, lambda: {"tunnels": [tunnel.status()]}
+            config.control_socket,
+            lambda: {"device": config.device_id, "tunnels": [row.status() for row in rows]},
         )
-        structlog.get_logger("appliance").info(
-            "agent started", device=config.device_id, servers=list(config.urls), tun=tun.name
+        log.info(
+            "agent started",
+            device=config.device_id,
+            vrfs=[f"{t.vrf.name} ({t.backend.describe()}, {t.tun.name})" for t in tunnels],
         )
         try:
-            await tunnel.run(stop)
+            await asyncio.gather(*(tunnel.run(stop) for tunnel in tunnels))
         finally:
             await control_runner.cleanup()
     finally:
-        tun.close()
+        for tun in tuns:
+            tun.close()
 
 
 def format_status(data: dict[str, Any]) -> str:
+    """One row per VRF, as H3C's ``display cloud-management state`` shows one per connection."""
     lines = [
-        f"{'VRF':<12} {'STATE':<11} {'ADDRESS':<16} {'FOR':>8} {'RX BYTES':>12} "
-        f"{'TX BYTES':>12}  SERVER / LAST ERROR"
+        f"{'VRF':<12} {'BACKEND':<18} {'STATE':<10} {'ADDRESS':<15} {'FOR':>7} {'RX BYTES':>11} "
+        f"{'TX BYTES':>11} {'FAILOVERS':>9}  SERVER"
     ]
     now = time.time()
     for t in data["tunnels"]:
         lines.append(
-            f"{t['vrf']:<12} {t['state']:<11} {t['address'] or '-':<16} "
-            f"{duration(now - t['since']):>8} {t['rx_bytes']:>12} {t['tx_bytes']:>12}  "
-            f"{t['server'] or '-'}"
+            f"{t['vrf']:<12} {t['backend']:<18} {t['state']:<10} {t['address'] or '-':<15} "
+            f"{duration(now - t['since']):>7} {t['rx_bytes']:>11} {t['tx_bytes']:>11} "
+            f"{t['failovers']:>9}  {t['server'] or '-'}"
         )
         if t["last_error"]:
             lines.append(f"{'':<12} last error: {t['last_error']}")

@@ -1,16 +1,22 @@
-"""The device agent's configuration, read from TOML into a frozen dataclass.
+"""The device agent's configuration, read from TOML into frozen dataclasses.
 
-docs/configuration.md and ``appliance example-config`` show every key.
+A device opens one tunnel per VRF. With no ``[[vrf]]`` table it has one VRF,
+``device.vrf`` (``default``) in its own namespace; each ``[[vrf]]`` table adds
+one, with its backend and, optionally, its own servers and credentials (what it
+does not set comes from ``[server]``). docs/configuration.md and
+``appliance example-config`` show every key; docs/vrf.md the VRF backends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import yarl
 
 from appliance.dhcp import FORMATS
+from appliance.vrf import BACKENDS
 from overlay import configfile, log, wire
 from overlay.tun import IFNAMSIZ
 
@@ -19,16 +25,28 @@ MAX_SERVERS = 9  # one primary and up to 8 backups, as H3C devices allow
 
 
 @dataclass(frozen=True)
-class ApplianceConfig:
-    device_id: str
-    vrf: str
+class VrfConfig:
+    """One VRF: its backend and the server settings of its tunnel."""
+
+    name: str
+    backend: str  # default, netns or vrf
+    netns: str  # the namespace, for the netns backend
+    device: str  # the VRF master device, for the vrf backend
+    tun_name: str
     urls: tuple[str, ...]
     ca_file: Path | None
     server_name: str | None
     username: str
     password: str
+    source: str | None  # local address to connect from
+    own_servers: bool  # urls or password set for this VRF: DHCP does not override them
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    device_id: str
+    vrfs: tuple[VrfConfig, ...]
     connect_timeout: float
-    tun_name: str
     min_delay: float
     max_delay: float
     state_dir: Path
@@ -62,36 +80,45 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     keepalive = root.table("keepalive")
     dhcp = root.table("dhcp")
     proxy = root.table("proxy")
+    vrf_tables = root.tables("vrf")
 
     device_id = device.string("id")
     if not wire.NAME.fullmatch(device_id):
         device.fail("id", f"{device_id!r} must be 1-64 of A-Z a-z 0-9 . _ : - (a serial number)")
-    vrf = device.string("vrf", wire.DEFAULT_VRF)
-    if not wire.NAME.fullmatch(vrf):
-        device.fail("vrf", f"{vrf!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
-    urls = server.strings("urls")
-    if not 1 <= len(urls) <= MAX_SERVERS:
-        server.fail("urls", f"give 1 to {MAX_SERVERS} servers (a primary and up to 8 backups)")
-    for url in urls:
-        check_url(server, url)
+    if vrf_tables and device.has("vrf"):
+        device.fail("vrf", "give the VRFs as [[vrf]] tables, not both")
+    vrf_name = device.string("vrf", wire.DEFAULT_VRF)
+    if not wire.NAME.fullmatch(vrf_name):
+        device.fail("vrf", f"{vrf_name!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
     password = configfile.read_secret(server, "password", "password_file")
     if password is None:
         server.fail("password_file", "is required (or password)")
     tun_name = tun.string("name", "ovl0")
     if len(tun_name) > IFNAMSIZ:
         tun.fail("name", f"{tun_name!r} is longer than {IFNAMSIZ} characters")
-    min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
-    max_delay = reconnect.number("max_delay", 60.0, low=min_delay, high=3600)
-    config = ApplianceConfig(
-        device_id=device_id,
-        vrf=vrf,
-        urls=tuple(urls),
+    defaults = VrfConfig(
+        name=vrf_name,
+        backend="default",
+        netns="",
+        device="",
+        tun_name=tun_name,
+        urls=tuple(read_urls(server)),
         ca_file=server.optional_file("ca_file"),
         server_name=server.optional_str("server_name"),
         username=server.string("username"),
         password=password,
+        source=None,
+        own_servers=False,
+    )
+    vrfs = tuple(read_vrf(t, defaults) for t in vrf_tables) or (defaults,)
+    vrfs = name_tuns(root, vrfs)
+
+    min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
+    max_delay = reconnect.number("max_delay", 60.0, low=min_delay, high=3600)
+    config = ApplianceConfig(
+        device_id=device_id,
+        vrfs=vrfs,
         connect_timeout=server.number("connect_timeout", 15.0, low=1, high=300),
-        tun_name=tun_name,
         min_delay=min_delay,
         max_delay=max_delay,
         state_dir=(root.path.parent / state.string("dir", "/run/appliance")).resolve(),
@@ -110,21 +137,69 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     )
     if config.proxy_username is not None and config.proxy_password is None:
         proxy.fail("password_file", "is required with proxy.username (or password)")
-    for table in (
-        device,
-        server,
-        tun,
-        reconnect,
-        state,
-        logging,
-        qoe,
-        keepalive,
-        dhcp,
-        proxy,
-        root,
-    ):
+    tables = (device, server, tun, reconnect, state, logging, qoe, keepalive, dhcp, proxy)
+    for table in (*tables, *vrf_tables, root):
         table.done()
     return config
+
+
+def read_urls(table: configfile.Table) -> list[str]:
+    urls = table.strings("urls")
+    if not 1 <= len(urls) <= MAX_SERVERS:
+        table.fail("urls", f"give 1 to {MAX_SERVERS} servers (a primary and up to 8 backups)")
+    for url in urls:
+        check_url(table, url)
+    return urls
+
+
+def read_vrf(table: configfile.Table, defaults: VrfConfig) -> VrfConfig:
+    """A ``[[vrf]]`` table; what it does not set comes from ``[server]``."""
+    name = table.string("name")
+    if not wire.NAME.fullmatch(name):
+        table.fail("name", f"{name!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
+    own_urls = table.has("urls")
+    urls = tuple(read_urls(table)) if own_urls else defaults.urls
+    password = configfile.read_secret(table, "password", "password_file")
+    source = table.optional_str("source")
+    if source is not None:
+        table.ipv4("source", source)
+    tun_name = table.optional_str("tun")
+    if tun_name is not None and len(tun_name) > IFNAMSIZ:
+        table.fail("tun", f"{tun_name!r} is longer than {IFNAMSIZ} characters")
+    return VrfConfig(
+        name=name,
+        backend=table.choice("backend", BACKENDS, "default"),
+        netns=table.string("netns", name),
+        device=table.string("device", name),
+        tun_name=tun_name or "",  # named by name_tuns when not given
+        urls=urls,
+        ca_file=table.optional_file("ca_file") or defaults.ca_file,
+        server_name=table.optional_str("server_name") or defaults.server_name,
+        username=table.optional_str("username") or defaults.username,
+        password=password or defaults.password,
+        source=source,
+        own_servers=own_urls or password is not None,
+    )
+
+
+def name_tuns(root: configfile.Table, vrfs: tuple[VrfConfig, ...]) -> tuple[VrfConfig, ...]:
+    """VRF names must differ, and TUN names within a namespace; unnamed TUNs get ovl0, ovl1…"""
+    names: set[str] = set()
+    taken: dict[str, set[str]] = {}
+    named = []
+    for index, vrf in enumerate(vrfs):
+        if vrf.name in names:
+            root.fail(f"vrf[{index}].name", f"VRF {vrf.name!r} is given twice")
+        names.add(vrf.name)
+        used = taken.setdefault(vrf.netns if vrf.backend == "netns" else "", set())
+        tun_name = vrf.tun_name
+        if not tun_name:
+            tun_name = next(f"ovl{n}" for n in range(len(vrfs) + 1) if f"ovl{n}" not in used)
+        elif tun_name in used:
+            root.fail(f"vrf[{index}].tun", f"{tun_name!r} is used twice in one namespace")
+        used.add(tun_name)
+        named.append(dataclasses.replace(vrf, tun_name=tun_name))
+    return tuple(named)
 
 
 def path_or_none(table: configfile.Table, key: str) -> Path | None:

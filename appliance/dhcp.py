@@ -96,13 +96,22 @@ class LeaseWatcher:
     def read(self) -> bool:
         """Re-read the file; True when the values differ from the last ones seen.
 
-        A missing or unreadable file counts as a lease without the options: the
-        configured values then apply.
+        A missing file counts as a lease without the options: the configured
+        values then apply. An empty or unreadable file is one being rewritten:
+        the last values stay.
         """
         try:
-            values = parse_lease(self.path.read_text(errors="replace"), self.kind)
-        except (OSError, InputError):
-            values = DhcpValues(None, None)
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        except OSError:
+            return False
+        if not text.strip() and self.path.exists():
+            return False
+        try:
+            values = parse_lease(text, self.kind)
+        except InputError:
+            return False
         changed = values != self.values
         self.values = values
         return changed

@@ -4,6 +4,7 @@ Tree::
 
     ApplianceError
     ├── InputError               a file or argument given on the command line is wrong
+    ├── VrfError                 a VRF cannot be used (no such namespace, no kernel support)
     └── ConnectError             one attempt to open a tunnel failed; the message says why
         ├── RefusedError         the server answered the upgrade with an HTTP refusal
         ├── CertificateError     the server's certificate did not verify
@@ -22,6 +23,10 @@ class ApplianceError(Exception):
 
 class InputError(ApplianceError):
     """A file or argument given on the command line is wrong."""
+
+
+class VrfError(ApplianceError):
+    """A VRF cannot be used: its namespace or device is missing, or the kernel lacks support."""
 
 
 class ConnectError(ApplianceError):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import yarl
 
-from appliance.config import ApplianceConfig
+from appliance.config import ApplianceConfig, VrfConfig
 from appliance.exceptions import ConnectError, InputError, UnreachableError
 from appliance.tunnel import client_tls
+from appliance.vrf import backend as vrf_backend
 from overlay import control
 
 TIMEOUT = 10.0
@@ -40,20 +42,31 @@ def read_reports(text: str) -> list[bytes]:
     return reports
 
 
-async def send_reports(config: ApplianceConfig, reports: list[bytes]) -> list[dict[str, Any]]:
-    """Send ``reports`` through the running tunnel; return the collector's answers."""
-    status = (await control.fetch_status(config.control_socket))["tunnels"][0]
+def pick_vrf(config: ApplianceConfig, name: str | None) -> VrfConfig:
+    """The VRF whose tunnel carries the reports: the named one, or the first."""
+    if name is None:
+        return config.vrfs[0]
+    for vrf in config.vrfs:
+        if vrf.name == name:
+            return vrf
+    known = ", ".join(v.name for v in config.vrfs)
+    raise InputError(f"no VRF {name!r} in the config (have: {known})")
+
+
+async def send_reports(
+    config: ApplianceConfig, vrf: VrfConfig, reports: list[bytes]
+) -> list[dict[str, Any]]:
+    """Send ``reports`` through the running tunnel of ``vrf``; return the collector's answers."""
+    tunnels = (await control.fetch_status(config.control_socket))["tunnels"]
+    status = next(t for t in tunnels if t["vrf"] == vrf.name)
     if status["state"] != "up":
-        raise ConnectError(f"the tunnel is {status['state']}, not up: {status['last_error']}")
-    name = config.server_name or yarl.URL(status["server"]).host
+        raise ConnectError(
+            f"the tunnel of VRF {vrf.name} is {status['state']}, not up: {status['last_error']}"
+        )
+    name = vrf.server_name or yarl.URL(status["server"]).host
     where = f"{config.qoe_address}:{config.qoe_port}"
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                config.qoe_address, config.qoe_port, ssl=client_tls(config), server_hostname=name
-            ),
-            TIMEOUT,
-        )
+        reader, writer = await asyncio.wait_for(connect(config, vrf, name), TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise UnreachableError(f"cannot reach the QoE collector at {where}: {exc}") from None
     answers = []
@@ -69,3 +82,17 @@ async def send_reports(config: ApplianceConfig, reports: list[bytes]) -> list[di
     finally:
         writer.close()
     return answers
+
+
+async def connect(
+    config: ApplianceConfig, vrf: VrfConfig, name: str | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """TLS to the collector from inside the VRF (its socket made by the VRF's backend)."""
+    address = (config.qoe_address, config.qoe_port)
+    factory = vrf_backend(vrf.backend, vrf.netns, vrf.device).socket_factory()
+    if factory is None:
+        return await asyncio.open_connection(*address, ssl=client_tls(vrf), server_hostname=name)
+    sock = factory((socket.AF_INET, socket.SOCK_STREAM, 0, "", address))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, address)
+    return await asyncio.open_connection(sock=sock, ssl=client_tls(vrf), server_hostname=name)

@@ -31,10 +31,11 @@ import aiohttp
 import structlog
 import yarl
 
-from appliance.config import ApplianceConfig
+from appliance.config import ApplianceConfig, VrfConfig
 from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
+from appliance.vrf import Backend
 from overlay import bridge, wire
 from overlay.exceptions import HelloError, TunError
 from overlay.session import Counters, Keepalive
@@ -61,17 +62,17 @@ class TunnelState(enum.Enum):
     STOPPED = "stopped"
 
 
-def client_tls(config: ApplianceConfig) -> ssl.SSLContext:
+def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
     """Verify the server's chain and name, TLS 1.2 or newer."""
     context = ssl.create_default_context(
-        cafile=str(config.ca_file) if config.ca_file is not None else None
+        cafile=str(vrf.ca_file) if vrf.ca_file is not None else None
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 
 def explain(
-    exc: BaseException, url: str, config: ApplianceConfig, proxy: str | None = None
+    exc: BaseException, url: str, vrf: VrfConfig, device_id: str, proxy: str | None = None
 ) -> ConnectError:
     """Turn what aiohttp raised into one sentence an operator can act on."""
     target = yarl.URL(url)
@@ -87,14 +88,14 @@ def explain(
         return UnreachableError(f"{url}: cannot connect to the proxy {proxy}: {reason}")
     if isinstance(exc, aiohttp.WSServerHandshakeError):
         template = REFUSALS.get(exc.status, "the server refused the tunnel")
-        message = template.format(user=config.username, device=config.device_id, path=target.path)
+        message = template.format(user=vrf.username, device=device_id, path=target.path)
         return RefusedError(f"{url}: {message} (HTTP {exc.status})", exc.status)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        name = config.server_name or target.host
+        name = vrf.server_name or target.host
         reason = getattr(exc.certificate_error, "verify_message", None) or str(
             exc.certificate_error
         )
-        ca = config.ca_file or "the system trust store"
+        ca = vrf.ca_file or "the system trust store"
         return CertificateError(
             f"{url}: the server certificate did not verify for {name!r}: {reason} (trusting {ca})"
         )
@@ -166,13 +167,41 @@ def dhcp_url(server: str, configured: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class RefusedVrf:
+    """A VRF that cannot run on this host; shown in the status with its reason."""
+
+    vrf: VrfConfig
+    backend: str
+    reason: str
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device": None,
+            "vrf": self.vrf.name,
+            "backend": self.backend,
+            "state": "refused",
+            "since": time.time(),
+            "server": None,
+            "address": None,
+            "tun": None,
+            "last_error": self.reason,
+            "servers": list(self.vrf.urls),
+            "failovers": 0,
+            **Counters().as_dict(),
+        }
+
+
 class DeviceTunnel:
     """The device's tunnel for one VRF, kept up until stopped."""
 
-    def __init__(self, config: ApplianceConfig, tun: Tun) -> None:
+    def __init__(self, config: ApplianceConfig, vrf: VrfConfig, tun: Tun, backend: Backend) -> None:
         self.config = config
+        self.vrf = vrf
         self.tun = tun
-        self.tls = client_tls(config)
+        self.backend = backend
+        self.resolver = backend.resolver()
+        self.tls = client_tls(vrf)
         self.dhcp = (
             LeaseWatcher(config.dhcp_lease_file, config.dhcp_format)
             if config.dhcp_lease_file is not None
@@ -191,18 +220,17 @@ class DeviceTunnel:
         self.counters = Counters()
         self._reconfigure = asyncio.Event()
         self.log = structlog.get_logger("appliance.tunnel").bind(
-            device=config.device_id, vrf=config.vrf
+            device=config.device_id, vrf=vrf.name
         )
 
     def _settings(self) -> tuple[list[str], str]:
         """Servers and password: DHCP options 253 and 252 win over the config file."""
-        values = self.dhcp.values if self.dhcp is not None else DhcpValues(None, None)
-        urls = (
-            [dhcp_url(values.server, self.config.urls[0])]
-            if values.server
-            else list(self.config.urls)
-        )
-        return urls, values.password or self.config.password
+        vrf = self.vrf
+        values = DhcpValues(None, None)
+        if self.dhcp is not None and not vrf.own_servers:
+            values = self.dhcp.values
+        urls = [dhcp_url(values.server, vrf.urls[0])] if values.server else list(vrf.urls)
+        return urls, values.password or vrf.password
 
     def _enter(self, state: TunnelState, **why: Any) -> None:
         if state is not self.state:
@@ -218,6 +246,8 @@ class DeviceTunnel:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if self.resolver is not None:
+                await self.resolver.close()
         self._enter(TunnelState.STOPPED)
 
     async def _keep_up(self, stop: asyncio.Event) -> None:
@@ -285,15 +315,23 @@ class DeviceTunnel:
         timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout)
         proxy, proxy_auth = self._proxy()
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as http:
+            connector = aiohttp.TCPConnector(
+                resolver=self.resolver,
+                socket_factory=self.backend.socket_factory(),
+                local_addr=(self.vrf.source, 0) if self.vrf.source else None,
+            )
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
                 ws = await asyncio.wait_for(
                     http.ws_connect(
                         url,
                         protocols=(wire.SUBPROTOCOL,),
-                        headers={wire.HEADER_DEVICE: config.device_id, wire.HEADER_VRF: config.vrf},
-                        auth=aiohttp.BasicAuth(config.username, self.password),
+                        headers={
+                            wire.HEADER_DEVICE: config.device_id,
+                            wire.HEADER_VRF: self.vrf.name,
+                        },
+                        auth=aiohttp.BasicAuth(self.vrf.username, self.password),
                         ssl=self.tls,
-                        server_hostname=config.server_name,
+                        server_hostname=self.vrf.server_name,
                         proxy=proxy,
                         proxy_auth=proxy_auth,
                         autoping=False,
@@ -311,7 +349,7 @@ class DeviceTunnel:
         except TunError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, HelloError) as exc:
-            raise explain(exc, url, config, proxy) from None
+            raise explain(exc, url, self.vrf, config.device_id, proxy) from None
 
     async def _receive_hello(self, ws: aiohttp.ClientWebSocketResponse) -> wire.Hello:
         message = await ws.receive(timeout=HELLO_TIMEOUT)
@@ -359,7 +397,8 @@ class DeviceTunnel:
     def status(self) -> dict[str, Any]:
         return {
             "device": self.config.device_id,
-            "vrf": self.config.vrf,
+            "vrf": self.vrf.name,
+            "backend": self.backend.describe(),
             "state": self.state.value,
             "since": self.since,
             "server": self.server,

@@ -60,6 +60,13 @@ class Table:
             self.fail(key, "must be a table ([section])")
         return Table(value, self.path, f"{self._name(key)}.")
 
+    def tables(self, key: str) -> list[Table]:
+        """An array of tables (``[[key]]``), each named ``key[i]`` in errors."""
+        value = self._get(key, [], False)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.fail(key, f"must be an array of tables ([[{key}]])")
+        return [Table(v, self.path, f"{self._name(key)}[{i}].") for i, v in enumerate(value)]
+
     def has(self, key: str) -> bool:
         return key in self._data
 

@@ -91,7 +91,7 @@ def test_dhcp_options_win_and_only_a_change_reconnects(overlay: Overlay) -> None
     overlay.start_server()
     second_ns = overlay.attach("second", "198.18.0.7")
     lease = overlay.root / "dhcp.lease"
-    lease.write_text(networkd_lease("198.18.0.1", PASSWORD))
+    write_lease(lease, networkd_lease("198.18.0.1", PASSWORD))
     device = overlay.add_device(
         "dev1",
         password="not-the-password",
@@ -102,12 +102,12 @@ def test_dhcp_options_win_and_only_a_change_reconnects(overlay: Overlay) -> None
     up = overlay.start_device(device)
     assert up is not None and up["server"] == "wss://198.18.0.1/tun"
 
-    lease.write_text(networkd_lease("198.18.0.1", PASSWORD) + "# renewed, same values\n")
+    write_lease(lease, networkd_lease("198.18.0.1", PASSWORD) + "# renewed, same values\n")
     time.sleep(1.5)
     assert len(log_events(device.log, "tunnel up")) == 1  # left alone
 
     overlay.start_extra_server(second_ns, "second")
-    lease.write_text(networkd_lease("198.18.0.7", PASSWORD))
+    write_lease(lease, networkd_lease("198.18.0.7", PASSWORD))
     moved = wait_for(
         "device on the new DHCP server",
         lambda: (
@@ -121,6 +121,13 @@ def test_dhcp_options_win_and_only_a_change_reconnects(overlay: Overlay) -> None
     assert moved["servers"] == ["wss://198.18.0.7/tun"]
     assert len(log_events(device.log, "new server or password from DHCP, reconnecting")) == 1
     assert len(log_events(device.log, "tunnel up")) == 2
+
+
+def write_lease(path: Path, text: str) -> None:
+    """Replace the lease file at once, as DHCP clients do (write, then rename)."""
+    partial = path.with_suffix(".new")
+    partial.write_text(text)
+    partial.rename(path)
 
 
 def networkd_lease(server: str, password: str) -> str:

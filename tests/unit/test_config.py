@@ -1,5 +1,6 @@
 """Config files: the shipped examples, and errors that name the file and the key."""
 
+import re
 import shutil
 
 import pytest
@@ -81,9 +82,81 @@ def test_missing_file(tmp_path):
 
 def test_appliance_example_loads(appliance_toml):
     config = load_appliance_config(appliance_toml)
-    assert config.urls == ("wss://overlay.example.net:443/tun",)
-    assert config.password == "s3cret-pass"
-    assert (config.vrf, config.min_delay, config.max_delay) == ("main-vrf", 1.0, 60.0)
+    (vrf,) = config.vrfs
+    assert vrf.urls == ("wss://overlay.example.net:443/tun",)
+    assert vrf.password == "s3cret-pass"
+    assert (vrf.name, vrf.backend, vrf.tun_name) == ("main-vrf", "default", "ovl0")
+    assert (config.min_delay, config.max_delay) == (1.0, 60.0)
+
+
+VRFS = """
+[[vrf]]
+name = "mgmt"
+backend = "netns"
+
+[[vrf]]
+name = "voice"
+backend = "netns"
+netns = "ns-voice"
+urls = ["wss://voice.example.net/tun"]
+password = "voice-pass"
+
+[[vrf]]
+name = "cust"
+
+[[vrf]]
+name = "cust2"
+backend = "vrf"
+device = "vrf-cust"
+"""
+
+
+def drop_device_vrf(path):
+    path.write_text(re.sub(r'(?m)^vrf = "main-vrf".*\n', "", path.read_text()))
+
+
+def test_vrf_tables(appliance_toml):
+    drop_device_vrf(appliance_toml)
+    appliance_toml.write_text(appliance_toml.read_text() + VRFS)
+    mgmt, voice, cust, cust2 = load_appliance_config(appliance_toml).vrfs
+    assert (mgmt.backend, mgmt.netns, mgmt.tun_name, mgmt.own_servers) == (
+        "netns",
+        "mgmt",
+        "ovl0",
+        False,
+    )
+    assert mgmt.urls == ("wss://overlay.example.net:443/tun",)  # from [server]
+    assert (voice.netns, voice.urls, voice.password) == (
+        "ns-voice",
+        ("wss://voice.example.net/tun",),
+        "voice-pass",
+    )
+    assert voice.own_servers
+    assert (cust.backend, cust.tun_name) == ("default", "ovl0")
+    assert (cust2.backend, cust2.device, cust2.tun_name) == ("vrf", "vrf-cust", "ovl1")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[[vrf]]\nname = "a"\n[[vrf]]\nname = "a"\n', r"vrf\[1\]\.name: VRF 'a' is given twice"),
+        ('[[vrf]]\nname = "a"\ntun = "x"\n[[vrf]]\nname = "b"\ntun = "x"\n', r"vrf\[1\]\.tun"),
+        ('[[vrf]]\nname = "a"\nbackend = "vlan"\n', r"vrf\[0\]\.backend: must be one of"),
+        ('[[vrf]]\nname = "a"\ncolour = "red"\n', r"vrf\[0\]\.colour: unknown key"),
+        ('[[vrf]]\nname = "a"\nsource = "nope"\n', r"vrf\[0\]\.source"),
+    ],
+)
+def test_vrf_errors(appliance_toml, extra, message):
+    drop_device_vrf(appliance_toml)
+    appliance_toml.write_text(appliance_toml.read_text() + extra)
+    with pytest.raises(ConfigError, match=message):
+        load_appliance_config(appliance_toml)
+
+
+def test_device_vrf_and_vrf_tables_together(appliance_toml):
+    appliance_toml.write_text(appliance_toml.read_text() + '[[vrf]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match=r"device\.vrf: give the VRFs as"):
+        load_appliance_config(appliance_toml)
 
 
 @pytest.mark.parametrize(

@@ -76,3 +76,16 @@ def test_watcher_reports_changes_only(tmp_path: Path):
 )
 def test_dhcp_server_takes_the_configured_path(server, url):
     assert dhcp_url(server, "wss://manual.example.net/tun") == url
+
+
+def test_an_empty_file_is_one_being_rewritten(tmp_path: Path):
+    lease = tmp_path / "leases"
+    lease.write_text(NETWORKD)
+    watcher = LeaseWatcher(lease)
+    assert watcher.read()
+    lease.write_text("")
+    assert not watcher.read()
+    assert watcher.values.server == "overlay.example.net"
+    lease.unlink()
+    assert watcher.read()  # no lease at all: the configured values apply again
+    assert watcher.values == DhcpValues(None, None)
