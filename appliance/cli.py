@@ -101,7 +101,7 @@ async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:
         for vrf in config.vrfs:
             backend = vrf_backend(vrf.backend, vrf.netns, vrf.device)
             try:
-                backend.check()
+                await backend.check()
                 tun = Tun.create(vrf.tun_name, backend.netns)
                 tuns.append(tun)
                 await backend.attach(tun)

@@ -50,7 +50,7 @@ class Backend:
     kind = "default"
     netns: str | None = None  # where the TUN is created
 
-    def check(self) -> None:
+    async def check(self) -> None:
         """Raise :class:`VrfError` when this VRF cannot be used here."""
 
     def socket_factory(self) -> SocketFactory | None:
@@ -73,7 +73,7 @@ class NamespaceBackend(Backend):
         self.namespace = name
         self.netns = name
 
-    def check(self) -> None:
+    async def check(self) -> None:
         if not (Path("/run/netns") / self.namespace).exists():
             raise VrfError(
                 f"network namespace {self.namespace!r} does not exist; create it first "
@@ -103,10 +103,13 @@ class DeviceBackend(Backend):
     def __init__(self, device: str) -> None:
         self.device = device
 
-    def check(self) -> None:
-        try:
+    async def check(self) -> None:
+        def find() -> list[Any]:
             with IPRoute() as ipr:
-                links = ipr.get_links(ifname=self.device)
+                return list(ipr.get_links(ifname=self.device))
+
+        try:
+            links = await asyncio.to_thread(find)  # pyroute2's sync API needs its own loop
         except NetlinkError:
             links = []
         if not links:

@@ -71,7 +71,7 @@ def appliance_config(
     urls: list[str],
     ca_file: Path,
     password: str,
-    vrf: str = "default",
+    vrf: str | None = "default",
     server_name: str | None = None,
     extra: str = "",
 ) -> Path:
@@ -84,7 +84,7 @@ def appliance_config(
     path.write_text(f"""\
 [device]
 id = "{device_id}"
-vrf = "{vrf}"
+{f'vrf = "{vrf}"' if vrf else ""}
 
 [server]
 urls = [{", ".join(f'"{u}"' for u in urls)}]

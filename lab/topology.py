@@ -37,6 +37,13 @@ DEFAULT_DIR = Path(os.environ.get("OVL_LAB_DIR", "/var/tmp/ovl-lab"))
 NAT_RULES = Path(__file__).parents[1] / "deploy" / "nat.nft"
 
 
+def masquerade(ns: str, lan: str, wan: str) -> None:
+    """Make ``ns`` a NAT router from ``lan`` to ``wan`` (deploy/nat.nft); forwarding on."""
+    netns.sysctl(ns, "net.ipv4.ip_forward", "1")
+    rules = NAT_RULES.read_text().replace("@LAN@", lan).replace("@WAN@", wan)
+    subprocess.run(netns.exec_argv(ns, ["nft", "-f", "-"]), input=rules, text=True, check=True)
+
+
 @dataclass(frozen=True)
 class Device:
     index: int
@@ -119,9 +126,7 @@ class Lab:
         netns.address(SRV, "eth0", f"{SERVER_IP}/24")
         netns.address(NAT, "wan0", f"{NAT_WAN}/24")
         netns.route(SRV, LAN_NET, NAT_WAN)
-        netns.sysctl(NAT, "net.ipv4.ip_forward", "1")
-        rules = NAT_RULES.read_text().replace("@LAN@", LAN_NET).replace("@WAN@", WAN_NET)
-        subprocess.run(netns.exec_argv(NAT, ["nft", "-f", "-"]), input=rules, text=True, check=True)
+        masquerade(NAT, LAN_NET, WAN_NET)
         for device in devices:
             netns.create(device.ns)
             netns.veth(NAT, f"lan{device.index}", device.ns, "eth0")

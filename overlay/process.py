@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import structlog
+
 from overlay.exceptions import OverlayError
 
 Main = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -26,8 +28,13 @@ def run(main: Main) -> int:
     async def wrapper() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping(signum: signal.Signals) -> None:
+            structlog.get_logger("overlay.process").info("stopping", signal=signum.name)
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, stopping, signum)
         await main(stop)
 
     try:

@@ -98,7 +98,7 @@ class Tun:
 
     def _configure(self, address: ipaddress.IPv4Interface, mtu: int) -> None:
         try:
-            with IPRoute(netns=self.netns) as ipr:
+            with netlink(self.netns) as ipr:
                 (index,) = ipr.link_lookup(ifname=self.name)
                 if self.address is not None and self.address != address:
                     ipr.addr(
@@ -162,6 +162,18 @@ class Tun:
     def close(self) -> None:
         """Close the device; the kernel removes it with its address and routes."""
         self._device.close()
+
+
+def netlink(name: str | None) -> IPRoute:
+    """A netlink socket opened inside namespace ``name``, from the calling thread.
+
+    Not ``IPRoute(netns=name)``: that forks a helper process, and a child forked
+    from an asyncio program inherits the loop's signal wakeup fd, so the SIGTERM
+    that pyroute2 sends its helper reaches the parent's loop as if the parent had
+    been told to stop.
+    """
+    with in_netns(name):
+        return IPRoute()
 
 
 def _disable_ipv6(name: str) -> None:
