@@ -135,13 +135,13 @@ async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:
 def format_status(data: dict[str, Any]) -> str:
     """One row per VRF, as H3C's ``display cloud-management state`` shows one per connection."""
     lines = [
-        f"{'VRF':<12} {'BACKEND':<18} {'STATE':<10} {'ADDRESS':<15} {'FOR':>7} {'RX BYTES':>11} "
+        f"{'VRF':<12} {'BACKEND':<22} {'STATE':<10} {'ADDRESS':<15} {'FOR':>7} {'RX BYTES':>11} "
         f"{'TX BYTES':>11} {'FAILOVERS':>9}  SERVER"
     ]
     now = time.time()
     for t in data["tunnels"]:
         lines.append(
-            f"{t['vrf']:<12} {t['backend']:<18} {t['state']:<10} {t['address'] or '-':<15} "
+            f"{t['vrf']:<12} {t['backend']:<22} {t['state']:<10} {t['address'] or '-':<15} "
             f"{duration(now - t['since']):>7} {t['rx_bytes']:>11} {t['tx_bytes']:>11} "
             f"{t['failovers']:>9}  {t['server'] or '-'}"
         )

@@ -163,9 +163,10 @@ def http_download(lab: Lab, device: Device) -> Result:
 def all_checks(lab: Lab) -> list[tuple[str, Device, Check]]:
     """Every check, for every device, in the order the demo prints them."""
     checks: list[tuple[str, Device, Check]] = []
-    status = {row["name"]: row["overlay"] for row in lab.status()["devices"]}
+    status = {(row["name"], row["vrf"]): row["overlay"] for row in lab.status()["devices"]}
     for device in lab.devices():
-        address = status[device.name]
+        main, *others = device.vrfs
+        address = status[(device.name, main.name)]
 
         def bind(function: Callable[..., Result], *args: object) -> Check:
             return lambda: function(*args)
@@ -182,4 +183,10 @@ def all_checks(lab: Lab) -> list[tuple[str, Device, Check]]:
             ("qoe report", device, bind(qoe, lab, device, address)),
             ("http download", device, bind(http_download, lab, device)),
         ]
+        for vrf in others:
+            other = status[(device.name, vrf.name)]
+            checks += [
+                (f"{vrf.name} ->server", device, bind(ping, vrf.ns, services.SERVER)),
+                (f"server->{vrf.name}", device, bind(ping, SRV, other)),
+            ]
     return checks

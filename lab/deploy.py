@@ -144,6 +144,19 @@ def wait_for(
     raise TimeoutError(f"{what} did not happen within {timeout} s\n{tail}")
 
 
+def tunnels_up(socket: Path) -> Callable[[], list[dict[str, Any]] | None]:
+    """A check for :func:`wait_for`: every tunnel row of the device, once all are up."""
+
+    def check() -> list[dict[str, Any]] | None:
+        data = status(socket)
+        if data is None or any(row["state"] != "up" for row in data["tunnels"]):
+            return None
+        rows: list[dict[str, Any]] = data["tunnels"]
+        return rows
+
+    return check
+
+
 def tunnel_up(socket: Path) -> Callable[[], dict[str, Any] | None]:
     """A check for :func:`wait_for`: the device's tunnel row once its state is up."""
 

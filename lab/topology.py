@@ -32,6 +32,7 @@ SERVER_IP, NAT_WAN = "198.18.0.1", "198.18.0.254"
 WAN_NET, LAN_NET = "198.18.0.0/24", "198.19.0.0/16"
 URL = f"wss://{SERVER_IP}:443/tun"
 VRF = "main-vrf"
+VOICE_VRF = "voice-vrf"
 DEFAULT_DIR = Path(os.environ.get("OVL_LAB_DIR", "/var/tmp/ovl-lab"))
 
 NAT_RULES = Path(__file__).parents[1] / "deploy" / "nat.nft"
@@ -42,6 +43,17 @@ def masquerade(ns: str, lan: str, wan: str) -> None:
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     rules = NAT_RULES.read_text().replace("@LAN@", lan).replace("@WAN@", wan)
     subprocess.run(netns.exec_argv(ns, ["nft", "-f", "-"]), input=rules, text=True, check=True)
+
+
+@dataclass(frozen=True)
+class Vrf:
+    """One VRF of a lab device: where its tunnel's socket and TUN live, and its uplink."""
+
+    name: str
+    ns: str
+    underlay: str
+    gateway: str
+    nat_link: str  # the NAT's interface towards this uplink
 
 
 @dataclass(frozen=True)
@@ -62,11 +74,24 @@ class Device:
 
     @property
     def underlay(self) -> str:
-        return f"198.19.{self.index}.11"
+        return self.vrfs[0].underlay
 
     @property
-    def gateway(self) -> str:
-        return f"198.19.{self.index}.1"
+    def vrfs(self) -> list[Vrf]:
+        """main-vrf in the device's namespace; dev1 also has voice-vrf, a netns VRF."""
+        i = self.index
+        vrfs = [Vrf(VRF, self.ns, f"198.19.{i}.11", f"198.19.{i}.1", f"lan{i}")]
+        if i == 1:
+            vrfs.append(
+                Vrf(
+                    VOICE_VRF,
+                    f"{self.ns}-voice",
+                    f"198.19.{100 + i}.11",
+                    f"198.19.{100 + i}.1",
+                    f"lan{100 + i}",
+                )
+            )
+        return vrfs
 
 
 class Lab:
@@ -128,11 +153,12 @@ class Lab:
         netns.route(SRV, LAN_NET, NAT_WAN)
         masquerade(NAT, LAN_NET, WAN_NET)
         for device in devices:
-            netns.create(device.ns)
-            netns.veth(NAT, f"lan{device.index}", device.ns, "eth0")
-            netns.address(NAT, f"lan{device.index}", f"{device.gateway}/24")
-            netns.address(device.ns, "eth0", f"{device.underlay}/24")
-            netns.route(device.ns, "0.0.0.0/0", device.gateway)
+            for vrf in device.vrfs:
+                netns.create(vrf.ns)
+                netns.veth(NAT, vrf.nat_link, vrf.ns, "eth0")
+                netns.address(NAT, vrf.nat_link, f"{vrf.gateway}/24")
+                netns.address(vrf.ns, "eth0", f"{vrf.underlay}/24")
+                netns.route(vrf.ns, "0.0.0.0/0", vrf.gateway)
 
         password = self._password()
         pki = self.dir / "pki"
@@ -147,15 +173,28 @@ class Lab:
         )
         services.start_server_side(self.dir, SRV)
         for device in devices:
+            extra = "".join(
+                f'\n[[vrf]]\nname = "{v.name}"\n'
+                + (f'backend = "netns"\nnetns = "{v.ns}"\n' if v.ns != device.ns else "")
+                for v in device.vrfs
+            )
             config = deploy.appliance_config(
-                self.device_config(device).parent, device.id, [URL], ca_file, password, vrf=VRF
+                self.device_config(device).parent,
+                device.id,
+                [URL],
+                ca_file,
+                password,
+                vrf=None,
+                extra=extra,
             )
             deploy.start_appliance(device.ns, config)
         self.wait_tunnels()
-        for device, row in zip(devices, self.status()["devices"], strict=True):
-            services.start_snmpd(
-                self.device_config(device).parent, device.ns, device.name, row["overlay"]
-            )
+        for row in self.status()["devices"]:
+            if row["vrf"] == VRF:
+                device = next(d for d in devices if d.name == row["name"])
+                services.start_snmpd(
+                    self.device_config(device).parent, device.ns, device.name, row["overlay"]
+                )
 
     def _password(self) -> str:
         """The lab's tunnel password: random, made once, kept with the lab's files."""
@@ -176,30 +215,34 @@ class Lab:
     # -- looking at it
 
     def wait_tunnels(self, timeout: float = 30) -> None:
+        """Wait until every VRF tunnel of every device is up."""
         for device in self.devices():
             deploy.wait_for(
-                f"{device.name} tunnel up",
-                deploy.tunnel_up(self.device_control(device)),
+                f"{device.name} tunnels up",
+                deploy.tunnels_up(self.device_control(device)),
                 timeout=timeout,
                 log=self.device_config(device).parent / "appliance.log",
             )
 
     def status(self) -> dict[str, Any]:
+        """The lab contract (DESIGN.md): one row per (device, VRF)."""
         rows = []
         for device in self.devices():
             data = deploy.status(self.device_control(device))
-            tunnel = data["tunnels"][0] if data else {}
-            rows.append(
-                {
-                    "name": device.name,
-                    "id": device.id,
-                    "netns": device.ns,
-                    "vrf": VRF,
-                    "overlay": tunnel.get("address"),
-                    "underlay": device.underlay,
-                    "state": tunnel.get("state", "down"),
-                }
-            )
+            tunnels = {t["vrf"]: t for t in data["tunnels"]} if data else {}
+            for vrf in device.vrfs:
+                tunnel = tunnels.get(vrf.name, {})
+                rows.append(
+                    {
+                        "name": device.name,
+                        "id": device.id,
+                        "netns": vrf.ns,
+                        "vrf": vrf.name,
+                        "overlay": tunnel.get("address"),
+                        "underlay": vrf.underlay,
+                        "state": tunnel.get("state", "down"),
+                    }
+                )
         server = deploy.status(self.server_control)
         return {
             "dir": str(self.dir),

@@ -69,10 +69,11 @@ def test_status_json_follows_the_lab_contract(lab: Lab) -> None:
         (d["name"], d["netns"], d["vrf"], d["underlay"], d["state"]) for d in status["devices"]
     ] == [
         ("dev1", "ovl-dev1", "main-vrf", "198.19.1.11", "up"),
+        ("dev1", "ovl-dev1-voice", "voice-vrf", "198.19.101.11", "up"),  # a second VRF (netns)
         ("dev2", "ovl-dev2", "main-vrf", "198.19.2.11", "up"),
     ]
     addresses = sorted(d["overlay"] for d in status["devices"])
-    assert addresses == ["169.254.1.1", "169.254.1.2"]  # in order of arrival
+    assert addresses == ["169.254.1.1", "169.254.1.2", "169.254.1.3"]  # in order of arrival
     assert all(d["id"] for d in status["devices"])
 
 
@@ -88,6 +89,13 @@ def test_up_twice_changes_nothing(lab: Lab) -> None:
 def test_service_through_the_overlay(lab: Lab, service: str, device: str) -> None:
     check = next(c for name, d, c in checks.all_checks(lab) if name == service and d.name == device)
     ok, detail = check()
+    assert ok, detail
+
+
+@pytest.mark.parametrize("check", ["voice-vrf ->server", "server->voice-vrf"])
+def test_second_vrf_of_dev1_through_its_own_tunnel(lab: Lab, check: str) -> None:
+    run = next(c for name, d, c in checks.all_checks(lab) if name == check and d.name == "dev1")
+    ok, detail = run()
     assert ok, detail
 
 
@@ -148,18 +156,19 @@ def test_server_cannot_reach_a_device_except_through_the_overlay(lab: Lab) -> No
 
 
 def test_kill_server_keeps_every_address(lab: Lab) -> None:
-    assigned = {d["name"]: d["overlay"] for d in lab.status()["devices"]}
+    assigned = {(d["name"], d["vrf"]): d["overlay"] for d in lab.status()["devices"]}
     kill = lab_cli(lab.dir, "kill", "server")
     assert kill.returncode == 0, kill.stderr
 
     def back() -> bool:
         rows = lab.status()["devices"]
-        return {d["name"]: (d["overlay"], d["state"]) for d in rows} == {
-            name: (address, "up") for name, address in assigned.items()
+        return {(d["name"], d["vrf"]): (d["overlay"], d["state"]) for d in rows} == {
+            key: (address, "up") for key, address in assigned.items()
         }
 
-    wait_for("devices back after kill server", back, timeout=30)
-    assert checks.ping("ovl-srv", assigned["dev2"])[0]
+    wait_for("every (device, VRF) back after kill server", back, timeout=30)
+    assert checks.ping("ovl-srv", assigned[("dev2", "main-vrf")])[0]
+    assert checks.ping("ovl-srv", assigned[("dev1", "voice-vrf")])[0]
 
 
 def test_down_removes_everything_also_after_a_failed_up(lab: Lab) -> None:
