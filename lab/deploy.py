@@ -40,6 +40,8 @@ def server_config(
     ping_interval: int = 60,
     keepalive_misses: int = 3,
     extra: str = "",
+    password_hash: str | None = None,
+    auth: str = "",
 ) -> Path:
     """A server.toml in ``directory`` whose state lives in ``directory/state``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,8 @@ keepalive_misses = {keepalive_misses}
 
 [auth]
 username = "{USERNAME}"
-password_hash = "{hash_password(password)}"
+password_hash = "{password_hash or hash_password(password)}"
+{auth}
 
 [state]
 dir = "state"

@@ -136,6 +136,8 @@ def hash_password() -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < MIN_PASSWORD:
         return process.fail(f"the password must have at least {MIN_PASSWORD} characters")
+    if password in auth.WELL_KNOWN:
+        return process.fail("that is a well-known password; choose another")
     print(auth.hash_password(password))
     return 0
 

@@ -15,6 +15,21 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _OneLine(logging.Handler):
+    """Libraries' stdlib log records (aiohttp, pyroute2) as one structured line each.
+
+    aiohttp logs a full traceback for every malformed request (a header line
+    over 8 KiB, say); an operator needs the one line saying what was refused.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.getMessage().splitlines()[0] if record.getMessage() else record.name
+        details = {"logger": record.name}
+        if record.exc_info and record.exc_info[1] is not None:
+            details["error"] = " ".join(str(record.exc_info[1]).split())[:300]
+        structlog.get_logger(record.name).log(record.levelno, event, **details)
+
+
 def configure(level: str = "info", json: bool | None = None) -> None:
     if json is None:
         json = not sys.stderr.isatty()
@@ -36,3 +51,6 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    root.handlers[:] = [_OneLine()]
+    root.setLevel(logging.getLevelName(level.upper()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import secrets
 import ssl
 import time
@@ -31,6 +32,7 @@ from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.leases import LeaseStore
 from overlay.server.policy import Policy
 from overlay.server.qoe import MAX_REPORT, Collector, ReportStore
+from overlay.server.ratelimit import FailureLimiter
 from overlay.server.router import Router
 from overlay.server.sessions import ServerSession
 from overlay.tun import Tun
@@ -65,6 +67,7 @@ class Server:
         self.credentials = Credentials(config.username, config.password_hash)
         self.router = Router(tun, Policy(), batch_bytes=config.max_message)
         self.refusals: Counter[str] = Counter()
+        self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
         self.started = time.time()
         self._sessions: set[ServerSession] = set()
         self._closed_drops: Counter[str] = Counter()
@@ -111,10 +114,27 @@ class Server:
         return await asyncio.shield(pending)
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
+        source = request.remote or "?"
+        now = time.monotonic()
+        wait = self.limiter.retry_after(source, now)
+        if wait > 0:
+            self.refusals["rate-limited"] += 1
+            return web.Response(
+                status=429,
+                text="too many failed attempts from this address\n",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         checked = check_request(request.headers)
         if isinstance(checked, Refusal):
             return self._refuse(request, checked, request.headers.get(wire.HEADER_DEVICE, ""))
         if not await self._authenticate(checked):
+            if self.limiter.failed(source, now):
+                log.warning(
+                    "address locked out after failed logins",
+                    peer=source,
+                    lockout=self.config.lockout,
+                )
+                self.limiter.forget_old(now)
             return self._refuse(
                 request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
             )
@@ -199,6 +219,7 @@ class Server:
 async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     """Run the server until ``stop`` is set, then close every session with 1001."""
     context = tls_context(config)
+    await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
@@ -261,6 +282,23 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         listener.close()
         await server.close_sessions()
     log.info("server stopped")
+
+
+async def refuse_weak_password(config: ServerConfig) -> None:
+    """Never run with a vendor default like "123456", unless the operator insists, loudly."""
+    weak = await asyncio.to_thread(config.password_hash.well_known)
+    if weak is None:
+        return
+    if not config.allow_weak_password:
+        raise ConfigError(
+            f"auth.password_hash is the hash of the well-known password {weak!r}: set a strong "
+            "one (overlay hash-password), or start with auth.allow_weak_password = true"
+        )
+    log.warning(
+        "RUNNING WITH A WELL-KNOWN TUNNEL PASSWORD: anyone can open tunnels",
+        password=weak,
+        setting="auth.allow_weak_password",
+    )
 
 
 def lease_owner(store: LeaseStore, address: ipaddress.IPv4Address) -> tuple[str, str] | None:

@@ -25,6 +25,26 @@ HASH_BYTES = 32
 _MAX_REMEMBERED = 100_000
 
 
+# Passwords that vendors ship or people try first (OVOC's default tunnel password is
+# "123456"): a server refuses to start with one of them unless told so explicitly.
+WELL_KNOWN = (
+    "123456",
+    "12345678",
+    "123456789",
+    "1234567890",
+    "password",
+    "admin",
+    "VPN",
+    "vpn",
+    "changeme",
+    "default",
+    "qwerty",
+    "letmein",
+    "secret",
+    "overlay",
+)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
@@ -73,6 +93,10 @@ class PasswordHash:
                 "password hash is not of the form scrypt$N$r$p$salt$hash; "
                 "make one with `overlay hash-password`"
             ) from None
+
+    def well_known(self) -> str | None:
+        """The well-known password this is a hash of, if any (a dozen scrypt runs)."""
+        return next((p for p in WELL_KNOWN if self.matches(p)), None)
 
     def matches(self, password: str) -> bool:
         digest = hashlib.scrypt(

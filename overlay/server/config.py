@@ -35,6 +35,10 @@ class ServerConfig:
     queue_bytes: int
     username: str
     password_hash: PasswordHash
+    allow_weak_password: bool
+    max_failures: int
+    failure_window: float
+    lockout: float
     state_dir: Path
     log_level: str
     qoe_port: int | None
@@ -103,6 +107,10 @@ def load_server_config(path: str | Path) -> ServerConfig:
         queue_bytes=overlay.integer("queue_bytes", 131072, low=mtu, high=64 << 20),
         username=auth.string("username"),
         password_hash=password_hash,
+        allow_weak_password=auth.flag("allow_weak_password", False),
+        max_failures=auth.integer("max_failures", 10, low=1, high=10000),
+        failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
+        lockout=auth.number("lockout", 60.0, low=1, high=86400),
         state_dir=path_relative(root.path, state.string("dir", "/var/lib/overlay")),
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)

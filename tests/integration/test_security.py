@@ -1,0 +1,172 @@
+"""Who gets in: well-known passwords refused, guessing rate-limited, hostile requests answered."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab import deploy, netns
+from lab.deploy import BIN
+from overlay.server.auth import hash_password
+from tests.integration.conftest import PASSWORD, SRV, URL, Overlay
+
+pytestmark = pytest.mark.netns
+
+
+def curl(overlay: Overlay, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """An HTTPS request to the tunnel endpoint, as a WebSocket upgrade; prints the status."""
+    return netns.run(
+        ns,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "10",
+            "--cacert",
+            str(overlay.ca_file),
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "-H",
+            "Sec-WebSocket-Protocol: ovl.v1",
+            "-H",
+            "X-Ovl-Device: SN-X",
+            *args,
+            URL.replace("wss://", "https://"),
+        ],
+    )
+
+
+def status_of(result: subprocess.CompletedProcess[str]) -> int:
+    return int(result.stdout.split()[1]) if result.stdout.startswith("HTTP/") else 0
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_well_known_password_is_refused_unless_allowed(overlay: Overlay, allowed: bool) -> None:
+    config = deploy.server_config(
+        overlay.root / "weak",
+        overlay.pki_dir,
+        "123456",
+        password_hash=hash_password("123456"),
+        auth=f"allow_weak_password = {'true' if allowed else 'false'}",
+    )
+    if not allowed:
+        result = netns.run(SRV, [str(BIN / "overlay"), "serve", "--config", str(config)])
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: auth.password_hash is the hash of the well-known password '123456': set a "
+            "strong one (overlay hash-password), or start with auth.allow_weak_password = true"
+        )
+        return
+    server = deploy.start_server(SRV, config)
+    overlay.processes.append(server)
+    control = config.parent / "state" / "control.sock"
+    deploy.wait_for(
+        "server start",
+        lambda: deploy.status(control),
+        process=server,
+        log=config.parent / "server.log",
+    )
+    assert "RUNNING WITH A WELL-KNOWN TUNNEL PASSWORD" in (config.parent / "server.log").read_text()
+
+
+def test_guessing_is_locked_out_per_source(overlay: Overlay) -> None:
+    overlay.server_config = deploy.server_config(
+        overlay.root / "server",
+        overlay.pki_dir,
+        PASSWORD,
+        auth="max_failures = 3\nfailure_window = 60\nlockout = 30",
+    )
+    overlay.start_server()
+    guesser = overlay.add_device("guesser")
+    honest = overlay.add_device("honest")
+    statuses = [status_of(curl(overlay, guesser.ns, "-u", f"VPN:guess{n}")) for n in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    locked = curl(overlay, guesser.ns, "-u", f"VPN:{PASSWORD}")  # even the right password waits
+    assert status_of(locked) == 429
+    assert "retry-after: 3" in locked.stdout.lower()  # about 30 s
+    assert status_of(curl(overlay, honest.ns, "-u", "VPN:wrong")) == 401  # others unaffected
+    overlay.start_device(honest)  # and a good device from another address gets in
+    refusals = overlay.server_status()["refusals"]
+    assert refusals["bad-credentials"] == 4 and refusals["rate-limited"] == 2
+    log = overlay.server_log.read_text()
+    assert "address locked out after failed logins" in log and "guess" not in log
+
+
+def test_hostile_requests_get_http_answers_and_the_server_keeps_serving(overlay: Overlay) -> None:
+    overlay.start_server()
+    device = overlay.add_device("dev1")
+    overlay.start_device(device)
+    attacker = overlay.add_device("attacker")
+    huge = curl(overlay, attacker.ns, "-u", "VPN:x", "-H", "X-Filler: " + "a" * 20000)
+    assert status_of(huge) in (400, 431)
+    plain = netns.run(
+        attacker.ns,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "http://198.18.0.1:443/tun",
+        ],
+    )
+    assert plain.stdout in ("000", "400")  # plain HTTP to the TLS port: no answer worth having
+    no_ws = netns.run(
+        attacker.ns,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            str(overlay.ca_file),
+            "https://198.18.0.1/tun",
+        ],
+    )
+    assert no_ws.stdout == "400"
+    wrong_path = netns.run(
+        attacker.ns,
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            str(overlay.ca_file),
+            "https://198.18.0.1/admin",
+        ],
+    )
+    assert wrong_path.stdout == "404"
+    # a client that opens TCP and never starts TLS is dropped by the handshake timeout
+    code = (
+        "import socket,time\n"
+        "s=socket.create_connection(('198.18.0.1',443))\n"
+        "s.settimeout(20)\n"
+        "t=time.monotonic()\n"
+        "print(s.recv(1), round(time.monotonic()-t))\n"
+    )
+    silent = netns.run(attacker.ns, [str(BIN / "python"), "-c", code], timeout=30)
+    assert silent.stdout.startswith("b'' ")  # closed by the server
+    assert int(silent.stdout.split()[1]) <= 12  # handshake_timeout = 10 s
+    assert netns.run(SRV, ["ping", "-c", "1", "-W", "2", "169.254.1.1"]).returncode == 0
+    assert overlay.server_status()["leases"][0]["device"] == "dev1"
+    assert Path(device.log).exists()

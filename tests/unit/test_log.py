@@ -1,0 +1,25 @@
+import json
+import logging
+
+from overlay import log
+
+
+def test_library_tracebacks_become_one_structured_line(capsys):
+    log.configure("info", json=True)
+    try:
+        raise ValueError("Got more than 8190 bytes when reading\nsecond line")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from 198.18.0.12")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["event"] == "Error handling request from 198.18.0.12"
+    assert entry["logger"] == "aiohttp.server"
+    assert entry["error"] == "Got more than 8190 bytes when reading second line"
+    assert entry["level"] == "error"
+
+
+def test_debug_lines_are_dropped_at_info(capsys):
+    log.configure("info", json=True)
+    logging.getLogger("pyroute2").debug("noise")
+    assert capsys.readouterr().err == ""
