@@ -42,6 +42,7 @@ def server_config(
     extra: str = "",
     password_hash: str | None = None,
     auth: str = "",
+    auto_enroll: bool = True,
 ) -> Path:
     """A server.toml in ``directory`` whose state lives in ``directory/state``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,7 @@ keepalive_misses = {keepalive_misses}
 [auth]
 username = "{USERNAME}"
 password_hash = "{password_hash or hash_password(password)}"
+auto_enroll = {"true" if auto_enroll else "false"}
 {auth}
 
 [state]

@@ -164,7 +164,9 @@ class Lab:
         pki = self.dir / "pki"
         ca_file = deploy.pki(pki, ["overlay.lab", SERVER_IP])
         if not self.server_config.exists():
-            deploy.server_config(self.server_config.parent, pki, password, host=SERVER_IP)
+            deploy.server_config(
+                self.server_config.parent, pki, password, host=SERVER_IP, auto_enroll=False
+            )
         deploy.start_server(SRV, self.server_config)
         deploy.wait_for(
             "overlay server start",
@@ -172,6 +174,19 @@ class Lab:
             log=self.server_config.parent / "server.log",
         )
         services.start_server_side(self.dir, SRV)
+        for device in devices:  # as an operator enrolls them: unknown devices get 403
+            subprocess.run(
+                [
+                    str(deploy.BIN / "overlay"),
+                    "device",
+                    "add",
+                    device.id,
+                    "--config",
+                    str(self.server_config),
+                ],
+                check=True,
+                capture_output=True,
+            )
         for device in devices:
             extra = "".join(
                 f'\n[[vrf]]\nname = "{v.name}"\n'

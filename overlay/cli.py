@@ -13,16 +13,19 @@ import argparse
 import asyncio
 import getpass
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from overlay import certs, control, log, process
-from overlay.exceptions import OverlayError
+from overlay import certs, control, log, process, wire
+from overlay.exceptions import ControlError, OverlayError
 from overlay.server import auth
-from overlay.server.config import EXAMPLE, load_server_config
+from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
+from overlay.server.leases import LeaseStore, read_leases
 from overlay.server.qoe import ReportStore
+from overlay.server.registry import Registry
 
 MIN_PASSWORD = 8
 
@@ -52,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS name or IP address of the server (repeat for several)",
     )
 
+    device = commands.add_parser("device", help="the device registry: add, list, remove, unbind")
+    device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    add = device_commands.add_parser("add", help="enroll a device")
+    add.add_argument("id", help="device id, e.g. its serial number")
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--generate", action="store_true", help="give it a strong password of its own, printed once"
+    )
+    secret.add_argument("--password-file", type=Path, help="its own password, from a file")
+    for name, text in (
+        ("list", "list enrolled devices"),
+        ("remove", "close its tunnels (4003), release its leases, un-enroll it"),
+        ("unbind", "close its tunnels (4003) and release its leases"),
+    ):
+        sub = device_commands.add_parser(name, help=text)
+        if name != "list":
+            sub.add_argument("id", help="device id")
+    for sub in device_commands.choices.values():
+        sub.add_argument("--config", required=True, type=Path, help="server.toml")
+    device_commands.choices["list"].add_argument("--json", action="store_true")
+
     qoe = commands.add_parser("qoe", help="list the QoE reports devices sent")
     qoe.add_argument("--config", required=True, type=Path, help="server.toml")
     qoe.add_argument("--device", help="only this device id")
@@ -77,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             data = asyncio.run(control.fetch_status(config.control_socket))
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
+        if args.command == "device":
+            return devices(args, load_server_config(args.config))
         if args.command == "qoe":
             config = load_server_config(args.config)
             return list_qoe(config.qoe_file, args.device, args.limit, args.json)
@@ -124,6 +150,86 @@ def list_qoe(path: Path, device: str | None, limit: int, as_json: bool) -> int:
                 f"{r.id:>6} {when} {r.device:<20} {r.vrf:<12} {r.address:<15} "
                 f"{json.dumps(r.report, separators=(',', ':'))}"
             )
+    return 0
+
+
+def devices(args: argparse.Namespace, config: ServerConfig) -> int:
+    """``overlay device …``: enrolling writes the registry, which the server reads at each
+    handshake; removing and unbinding go through the running server (to close tunnels), or
+    straight to the files when no server runs."""
+    if args.device_command != "list" and not wire.NAME.fullmatch(args.id):
+        return process.fail(f"{args.id!r} is not a device id (1-64 of A-Z a-z 0-9 . _ : -)")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.device_command == "add":
+        password = None
+        if args.generate:
+            password = secrets.token_urlsafe(18)
+        elif args.password_file is not None:
+            try:
+                password = args.password_file.read_text().strip()
+            except OSError as exc:
+                return process.fail(f"cannot read {args.password_file}: {exc.strerror}")
+            if len(password) < MIN_PASSWORD or password in auth.WELL_KNOWN:
+                return process.fail(
+                    f"the password in {args.password_file} is too weak: "
+                    f"at least {MIN_PASSWORD} characters, not a well-known one"
+                )
+        elif config.shared is None:
+            return process.fail(
+                "the server has no shared credential (auth.password_hash): "
+                "give the device its own with --generate or --password-file"
+            )
+        registry = Registry(config.registry_file)
+        registry.add(args.id, auth.hash_password(password) if password else None)
+        registry.close()
+        if args.generate:
+            print(
+                f"{args.id} enrolled; its password (shown once, give it to the device, which "
+                f"logs in with username {args.id!r}):\n{password}"
+            )
+        else:
+            print(
+                f"{args.id} enrolled, logging in with "
+                f"{'its own password' if password else 'the shared credential'}"
+            )
+        return 0
+    if args.device_command == "list":
+        registry = Registry(config.registry_file)
+        enrolled = registry.all()
+        registry.close()
+        leases = read_leases(config.lease_file)
+        rows: list[dict[str, Any]] = [
+            {
+                "device": e.device,
+                "own_password": e.password_hash is not None,
+                "enrolled": e.created,
+                "leases": [
+                    f"{lease.vrf}={lease.address}" for lease in leases if lease.device == e.device
+                ],
+            }
+            for e in enrolled
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'DEVICE':<24} {'LOGIN':<16} {'ENROLLED':<20} LEASES")
+        for row in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["enrolled"]))
+            login = "own password" if row["own_password"] else "shared"
+            print(f"{row['device']:<24} {login:<16} {when:<20} {' '.join(row['leases']) or '-'}")
+        return 0
+    try:
+        result = asyncio.run(control.act(config.control_socket, args.device_command, args.id))
+    except ControlError:  # no server runs: edit the files
+        store = LeaseStore(config.lease_file, config.pool)
+        released = [str(lease.address) for lease in store.release(args.id)]
+        store.close()
+        result = {"device": args.id, "closed": 0, "released": released}
+        if args.device_command == "remove":
+            registry = Registry(config.registry_file)
+            result["removed"] = registry.remove(args.id)
+            registry.close()
+    print(json.dumps(result))
     return 0
 
 

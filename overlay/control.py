@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,26 @@ from aiohttp import web
 from overlay.exceptions import ControlError
 
 StatusSource = Callable[[], dict[str, Any]]
+Action = Callable[[str], Awaitable[dict[str, Any]]]
 
 
-async def start(path: Path, status: StatusSource) -> web.AppRunner:
-    """Serve ``status()`` at ``GET /status`` on a Unix socket at ``path``."""
+async def start(
+    path: Path, status: StatusSource, actions: Mapping[str, Action] | None = None
+) -> web.AppRunner:
+    """Serve ``status()`` at ``GET /status`` and ``actions`` at ``POST /actions/NAME/ARG``."""
 
     async def handle_status(request: web.Request) -> web.Response:
         return web.json_response(status())
 
+    async def handle_action(request: web.Request) -> web.Response:
+        action = (actions or {}).get(request.match_info["name"])
+        if action is None:
+            raise web.HTTPNotFound(text="no such action")
+        return web.json_response(await action(request.match_info["arg"]))
+
     app = web.Application()
     app.router.add_get("/status", handle_status)
+    app.router.add_post("/actions/{name}/{arg}", handle_action)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +50,23 @@ async def start(path: Path, status: StatusSource) -> web.AppRunner:
     finally:
         os.umask(old_umask)
     return runner
+
+
+async def act(path: Path, name: str, arg: str) -> dict[str, Any]:
+    """Ask the process behind ``path`` to do ``name`` with ``arg``."""
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                f"http://local/actions/{name}/{arg}", timeout=aiohttp.ClientTimeout(total=30)
+            ) as response,
+        ):
+            response.raise_for_status()
+            data: dict[str, Any] = await response.json()
+            return data
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ControlError(f"cannot reach {path}: {exc}; is the process running?") from None
 
 
 async def fetch_status(path: Path) -> dict[str, Any]:

@@ -26,13 +26,14 @@ from aiohttp import web
 from overlay import control, wire
 from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
-from overlay.server.auth import Credentials
+from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.config import ServerConfig
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.leases import LeaseStore
 from overlay.server.policy import Policy
 from overlay.server.qoe import MAX_REPORT, Collector, ReportStore
 from overlay.server.ratelimit import FailureLimiter
+from overlay.server.registry import Enrollment, Registry
 from overlay.server.router import Router
 from overlay.server.sessions import ServerSession
 from overlay.tun import Tun
@@ -58,13 +59,19 @@ class Server:
     """One overlay server: owns the lease store, the TUN, the router and the sessions."""
 
     def __init__(
-        self, config: ServerConfig, store: LeaseStore, tun: Tun, collector: Collector | None
+        self,
+        config: ServerConfig,
+        store: LeaseStore,
+        registry: Registry,
+        tun: Tun,
+        collector: Collector | None,
     ) -> None:
         self.config = config
         self.store = store
+        self.registry = registry
         self.tun = tun
         self.collector = collector
-        self.credentials = Credentials(config.username, config.password_hash)
+        self.checker = Checker()
         self.router = Router(tun, Policy(), batch_bytes=config.max_message)
         self.refusals: Counter[str] = Counter()
         self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
@@ -94,24 +101,37 @@ class Server:
             headers["Sec-WebSocket-Protocol"] = wire.SUBPROTOCOL
         return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
 
-    async def _authenticate(self, request: TunnelRequest) -> bool:
+    def expected(self, enrollment: Enrollment | None) -> Credentials | None:
+        """A device's own credentials (its id and password), else the shared ones, if any."""
+        if enrollment is not None and enrollment.password_hash is not None:
+            return Credentials(enrollment.device, PasswordHash.parse(enrollment.password_hash))
+        return self.config.shared
+
+    async def _authenticate(self, expected: Credentials, request: TunnelRequest) -> bool:
         """Check credentials; identical checks under way at once share one scrypt run.
 
         After a restart every device arrives at once with the same shared
         credentials: one scrypt (16 MiB, tens of ms) answers them all.
         """
         username, password = request.username, request.password
-        if self.credentials.remembered(username, password):
+        key = self.checker.token(expected, username, password)
+        if self.checker.remembered(key):
             return True
-        key = self.credentials.token(username, password)
         pending = self._checks.get(key)
         if pending is None:
             pending = asyncio.ensure_future(
-                asyncio.to_thread(self.credentials.check, username, password)
+                asyncio.to_thread(self.checker.check, expected, username, password, key)
             )
             self._checks[key] = pending
             pending.add_done_callback(lambda _: self._checks.pop(key, None))
         return await asyncio.shield(pending)
+
+    def _failed(self, source: str, now: float) -> None:
+        if self.limiter.failed(source, now):
+            log.warning(
+                "address locked out after failed logins", peer=source, lockout=self.config.lockout
+            )
+            self.limiter.forget_old(now)
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         source = request.remote or "?"
@@ -127,17 +147,21 @@ class Server:
         checked = check_request(request.headers)
         if isinstance(checked, Refusal):
             return self._refuse(request, checked, request.headers.get(wire.HEADER_DEVICE, ""))
-        if not await self._authenticate(checked):
-            if self.limiter.failed(source, now):
-                log.warning(
-                    "address locked out after failed logins",
-                    peer=source,
-                    lockout=self.config.lockout,
-                )
-                self.limiter.forget_old(now)
+        enrollment = self.registry.get(checked.device)
+        if enrollment is None and not self.config.auto_enroll:
+            self._failed(source, now)  # scanning for device ids counts like guessing
+            return self._refuse(
+                request, Refusal(403, "not-enrolled", "device not enrolled"), checked.device
+            )
+        expected = self.expected(enrollment)
+        if expected is None or not await self._authenticate(expected, checked):
+            self._failed(source, now)
             return self._refuse(
                 request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
             )
+        if enrollment is None:
+            self.registry.add(checked.device, None)
+            log.info("device enrolled automatically", device=checked.device, peer=source)
         try:
             lease = self.store.lease(checked.device, checked.vrf)
         except PoolExhaustedError as exc:
@@ -205,6 +229,34 @@ class Server:
             "qoe": dict(self.collector.counters) if self.collector else None,
         }
 
+    async def unbind(self, device: str) -> dict[str, Any]:
+        """Close the device's sessions (4003) and release its leases: a replacement unit with
+        the same id registers fresh."""
+        sessions = [s for s in list(self._sessions) if s.lease.device == device]
+        await asyncio.gather(
+            *(s.close(wire.CloseCode.REMOVED, "device unbound") for s in sessions),
+            return_exceptions=True,
+        )
+        released = self.store.release(device)
+        log.info(
+            "device unbound",
+            device=device,
+            sessions=len(sessions),
+            released=[str(lease.address) for lease in released],
+        )
+        return {
+            "device": device,
+            "closed": len(sessions),
+            "released": [str(lease.address) for lease in released],
+        }
+
+    async def remove(self, device: str) -> dict[str, Any]:
+        """Unbind the device and take it out of the registry: it is refused from now on."""
+        result = await self.unbind(device)
+        result["removed"] = self.registry.remove(device)
+        log.info("device removed", device=device)
+        return result
+
     async def close_sessions(self) -> None:
         """Tell every device the server is going away (1001): they reconnect at once."""
         await asyncio.gather(
@@ -247,7 +299,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             )
             stack.callback(qoe.close)
 
-        server = Server(config, store, tun, collector)
+        registry = Registry(config.registry_file)
+        stack.callback(registry.close)
+        server = Server(config, store, registry, tun, collector)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -263,7 +317,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             ),
             f"{config.host}:{config.port}",
         )
-        control_runner = await control.start(config.control_socket, server.status)
+        control_runner = await control.start(
+            config.control_socket, server.status, {"unbind": server.unbind, "remove": server.remove}
+        )
         stack.push_async_callback(control_runner.cleanup)
         router = asyncio.create_task(server.router.run())
         stack.push_async_callback(cancel, router)
@@ -286,7 +342,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
 async def refuse_weak_password(config: ServerConfig) -> None:
     """Never run with a vendor default like "123456", unless the operator insists, loudly."""
-    weak = await asyncio.to_thread(config.password_hash.well_known)
+    if config.shared is None:
+        return
+    weak = await asyncio.to_thread(config.shared.password_hash.well_known)
     if weak is None:
         return
     if not config.allow_weak_password:

@@ -111,30 +111,43 @@ class PasswordHash:
         return hmac.compare_digest(digest, self.digest)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Credentials:
-    """The shared tunnel username and password hash (OVOC style)."""
+    """A username and the hash of its password: the shared OVOC-style one, or a device's own."""
 
     username: str
     password_hash: PasswordHash
+
+
+@dataclass
+class Checker:
+    """Checks credentials and remembers the ones that passed, as keyed digests."""
+
     _key: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     _good: set[bytes] = field(default_factory=set, repr=False)
 
-    def token(self, username: str, password: str) -> bytes:
-        """A keyed digest of these credentials: safe to keep in memory, useless elsewhere."""
-        message = username.encode() + b"\x00" + password.encode()
+    def token(self, expected: Credentials, username: str, password: str) -> bytes:
+        """A keyed digest of an attempt against ``expected``: safe in memory, useless elsewhere."""
+        message = b"\x00".join(
+            (
+                expected.username.encode(),
+                expected.password_hash.digest,
+                username.encode(),
+                password.encode(),
+            )
+        )
         return hmac.digest(self._key, message, "sha256")
 
-    def remembered(self, username: str, password: str) -> bool:
-        """True when these exact credentials passed :meth:`check` before: no scrypt needed."""
-        return self.token(username, password) in self._good
+    def remembered(self, token: bytes) -> bool:
+        """True when this exact attempt passed :meth:`check` before: no scrypt needed."""
+        return token in self._good
 
-    def check(self, username: str, password: str) -> bool:
+    def check(self, expected: Credentials, username: str, password: str, token: bytes) -> bool:
         """Full check (slow: run it off the event loop)."""
-        user_ok = hmac.compare_digest(username.encode(), self.username.encode())
-        password_ok = self.password_hash.matches(password)
+        user_ok = hmac.compare_digest(username.encode(), expected.username.encode())
+        password_ok = expected.password_hash.matches(password)
         if user_ok and password_ok:
             if len(self._good) >= _MAX_REMEMBERED:
                 self._good.clear()
-            self._good.add(self.token(username, password))
+            self._good.add(token)
         return user_ok and password_ok

@@ -12,7 +12,7 @@ from pathlib import Path
 from overlay import configfile, log, wire
 from overlay.addressing import DEFAULT_POOL, OVERLAY, AddressPool
 from overlay.exceptions import ConfigError
-from overlay.server.auth import PasswordHash
+from overlay.server.auth import Credentials, PasswordHash
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 
@@ -33,8 +33,8 @@ class ServerConfig:
     keepalive_misses: int
     max_message: int
     queue_bytes: int
-    username: str
-    password_hash: PasswordHash
+    shared: Credentials | None  # the shared OVOC-style credential, if any
+    auto_enroll: bool
     allow_weak_password: bool
     max_failures: int
     failure_window: float
@@ -51,6 +51,10 @@ class ServerConfig:
     def interface(self) -> ipaddress.IPv4Interface:
         """The server's address on its TUN: the whole overlay is on-link."""
         return ipaddress.IPv4Interface(f"{self.address}/{OVERLAY.prefixlen}")
+
+    @property
+    def registry_file(self) -> Path:
+        return self.state_dir / "devices.sqlite"
 
     @property
     def lease_file(self) -> Path:
@@ -81,11 +85,15 @@ def load_server_config(path: str | Path) -> ServerConfig:
     except ConfigError as exc:
         overlay.fail("pool", str(exc))
     mtu = overlay.integer("mtu", wire.DEFAULT_MTU, low=576, high=65535)
-    raw_hash = auth.string("password_hash")
-    try:
-        password_hash = PasswordHash.parse(raw_hash)
-    except ConfigError as exc:
-        auth.fail("password_hash", str(exc))
+    shared = None
+    raw_hash = auth.optional_str("password_hash")
+    if raw_hash is not None:
+        try:
+            shared = Credentials(auth.string("username", "VPN"), PasswordHash.parse(raw_hash))
+        except ConfigError as exc:
+            auth.fail("password_hash", str(exc))
+    elif auth.has("username"):
+        auth.fail("username", "a shared username needs auth.password_hash as well")
     config = ServerConfig(
         host=listen.string("host", "0.0.0.0"),
         port=listen.integer("port", 443, low=1, high=65535),
@@ -105,8 +113,8 @@ def load_server_config(path: str | Path) -> ServerConfig:
             "max_message", wire.DEFAULT_MAX_MESSAGE, low=mtu, high=16 << 20
         ),
         queue_bytes=overlay.integer("queue_bytes", 131072, low=mtu, high=64 << 20),
-        username=auth.string("username"),
-        password_hash=password_hash,
+        shared=shared,
+        auto_enroll=auth.flag("auto_enroll", False),
         allow_weak_password=auth.flag("allow_weak_password", False),
         max_failures=auth.integer("max_failures", 10, low=1, high=10000),
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),

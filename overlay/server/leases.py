@@ -94,8 +94,35 @@ class LeaseStore:
         self._last = address
         return lease
 
+    def release(self, device: str) -> list[Lease]:
+        """Give up every lease of ``device`` (all its VRFs); return them."""
+        released = [lease for key, lease in self._by_key.items() if key[0] == device]
+        try:
+            self._db.execute("DELETE FROM leases WHERE device = ?", (device,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot release leases in {self.path}: {exc}") from None
+        for lease in released:
+            del self._by_key[(lease.device, lease.vrf)]
+            del self._by_address[lease.address]
+        return released
+
     def all(self) -> list[Lease]:
         return sorted(self._by_key.values(), key=lambda lease: lease.address)
 
     def close(self) -> None:
         self._db.close()
+
+
+def read_leases(path: Path) -> list[Lease]:
+    """Every lease in the store at ``path``, read only (a running server may hold it)."""
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read lease store {path}: {exc}") from None
+    return [Lease(d, v, ipaddress.IPv4Address(a), c) for d, v, a, c in rows]

@@ -50,6 +50,8 @@ def test_provisioned_server_and_device_bring_the_tunnel_up(
         str(password),
         "--listen",
         "198.18.0.1",
+        "--enroll",
+        "SN-PROV-0001",
     )
     assert "skipped (--root): systemctl enable overlay.service" in server.stdout
     srv_etc = tmp_path / "srv" / "etc"

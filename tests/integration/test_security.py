@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab import deploy, netns
-from lab.deploy import BIN
+from lab.deploy import BIN, wait_for
 from overlay.server.auth import hash_password
 from tests.integration.conftest import PASSWORD, SRV, URL, Overlay
 
@@ -170,3 +171,80 @@ def test_hostile_requests_get_http_answers_and_the_server_keeps_serving(overlay:
     assert netns.run(SRV, ["ping", "-c", "1", "-W", "2", "169.254.1.1"]).returncode == 0
     assert overlay.server_status()["leases"][0]["device"] == "dev1"
     assert Path(device.log).exists()
+
+
+def overlay_cli(overlay: Overlay, *args: str) -> subprocess.CompletedProcess[str]:
+    assert overlay.server_config is not None
+    return subprocess.run(
+        [str(BIN / "overlay"), *args, "--config", str(overlay.server_config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_enrollment_own_passwords_unbind_and_remove(overlay: Overlay) -> None:
+    overlay.server_config = deploy.server_config(
+        overlay.root / "server", overlay.pki_dir, PASSWORD, auto_enroll=False
+    )
+    overlay.start_server()
+    dev1 = overlay.add_device("dev1")
+    overlay.start_device(dev1, wait=False)
+    text = wait_log(dev1.log, "not enrolled")
+    assert "the server refused device 'dev1': not enrolled, or unbound (HTTP 403)" in text
+    assert overlay_cli(overlay, "device", "add", "dev1").returncode == 0
+    first = wait_for(
+        "dev1 up once enrolled", deploy.tunnel_up(dev1.socket), timeout=15, log=dev1.log
+    )
+
+    added = overlay_cli(overlay, "device", "add", "dev2", "--generate")
+    assert added.returncode == 0, added.stderr
+    own = added.stdout.strip().splitlines()[-1]
+    assert len(own) >= 20 and own not in overlay.server_log.read_text()
+    shared_login = overlay.add_device("dev2")  # the shared credential no longer opens dev2
+    overlay.start_device(shared_login, wait=False)
+    wait_log(shared_login.log, "refused the credentials")
+    netns.stop(shared_login.process)  # type: ignore[arg-type]
+    shared_login.config.write_text(
+        shared_login.config.read_text().replace('username = "VPN"', 'username = "dev2"')
+    )
+    (shared_login.config.parent / "password").write_text(own + "\n")
+    overlay.start_device(shared_login)
+
+    listed = overlay_cli(overlay, "device", "list", "--json")
+    rows = {row["device"]: row for row in json.loads(listed.stdout)}
+    assert (rows["dev1"]["own_password"], rows["dev2"]["own_password"]) == (False, True)
+    assert rows["dev1"]["leases"] == [f"default={first['address']}"]
+
+    unbound = json.loads(overlay_cli(overlay, "device", "unbind", "dev1").stdout)
+    assert unbound == {"device": "dev1", "closed": 1, "released": [first["address"]]}
+    wait_log(dev1.log, "device removed or unbound on the server (4003)")
+    again = wait_for(
+        "dev1 back with a fresh lease", deploy.tunnel_up(dev1.socket), timeout=20, log=dev1.log
+    )
+    assert again["address"] != first["address"]
+
+    removed = json.loads(overlay_cli(overlay, "device", "remove", "dev1").stdout)
+    assert removed["removed"] is True and removed["closed"] == 1
+    wait_for(
+        "dev1 refused after removal",
+        lambda: dev1.log.read_text().count("not enrolled, or unbound (HTTP 403)") >= 2,
+        timeout=20,
+        log=dev1.log,
+    )
+    assert any(s["device"] == "dev2" for s in overlay.server_status()["sessions"])
+
+    bad = overlay_cli(overlay, "device", "add", "bad id")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: 'bad id' is not a device id")
+    assert (
+        json.loads(overlay_cli(overlay, "device", "list", "--json").stdout)[0]["device"] == "dev2"
+    )
+
+
+def wait_log(path: Path, text: str) -> str:
+    return wait_for(
+        f"{text!r} in {path.name}",
+        lambda: path.exists() and text in path.read_text() and path.read_text(),
+        timeout=20,
+        log=path,
+    )

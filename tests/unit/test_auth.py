@@ -1,7 +1,7 @@
 import pytest
 
 from overlay.exceptions import ConfigError
-from overlay.server.auth import Credentials, PasswordHash, hash_password
+from overlay.server.auth import Checker, Credentials, PasswordHash, hash_password
 
 
 def test_hash_verifies_and_is_salted():
@@ -13,14 +13,22 @@ def test_hash_verifies_and_is_salted():
     assert not PasswordHash.parse(first).matches("correct horsE")
 
 
-def test_credentials_remember_only_successes():
-    credentials = Credentials("VPN", PasswordHash.parse(hash_password("s3cret-pass", log_n=10)))
-    assert not credentials.remembered("VPN", "s3cret-pass")
-    assert not credentials.check("VPN", "wrong")
-    assert not credentials.remembered("VPN", "wrong")
-    assert not credentials.check("vpn", "s3cret-pass")
-    assert credentials.check("VPN", "s3cret-pass")
-    assert credentials.remembered("VPN", "s3cret-pass")
+def test_checker_remembers_only_successes():
+    checker = Checker()
+    shared = Credentials("VPN", PasswordHash.parse(hash_password("s3cret-pass", log_n=10)))
+    other = Credentials("SN-1", PasswordHash.parse(hash_password("s3cret-pass", log_n=10)))
+
+    def attempt(expected, username, password):
+        token = checker.token(expected, username, password)
+        return checker.remembered(token), checker.check(expected, username, password, token)
+
+    assert attempt(shared, "VPN", "wrong") == (False, False)
+    assert attempt(shared, "VPN", "wrong") == (False, False)  # failures are never remembered
+    assert attempt(shared, "vpn", "s3cret-pass") == (False, False)
+    assert attempt(shared, "VPN", "s3cret-pass") == (False, True)
+    assert checker.remembered(checker.token(shared, "VPN", "s3cret-pass"))
+    # the same password against other credentials is another attempt
+    assert not checker.remembered(checker.token(other, "VPN", "s3cret-pass"))
 
 
 @pytest.mark.parametrize(

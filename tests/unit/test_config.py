@@ -61,7 +61,7 @@ def test_shipped_server_example_has_no_working_password():
         ('cert_file = "server.pem"', 'cert_file = "nope.pem"', "listen.cert_file: file .*nope.pem"),
         ("mtu = 1400", "mtu = 100", "overlay.mtu"),
         ('pool = "169.254.1.0-169.254.255.254"', 'pool = "10.0.0.0/8"', "overlay.pool"),
-        ('username = "VPN"', 'usrname = "VPN"', "auth.username: is required"),
+        ('username = "VPN"', 'usrname = "VPN"', "auth.usrname: unknown key"),
         ("[log]", "[log]\nlevl = 1", "log.levl: unknown key"),
         ('level = "info"', 'level = "loud"', "log.level: must be one of"),
         ("[listen]", "[listen\n", "not valid TOML"),
