@@ -18,6 +18,7 @@ from pathlib import Path
 
 from overlay.addressing import AddressPool
 from overlay.exceptions import StoreError
+from overlay.server.sqlite import connect, connect_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -44,14 +45,11 @@ class LeaseStore:
     def __init__(self, path: Path, pool: AddressPool) -> None:
         self.path = path
         self.pool = pool
+        self._db = connect(path, "lease store", SCHEMA)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(SCHEMA)
             rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open lease store {path}: {exc}") from None
+            raise StoreError(f"cannot read lease store {path}: {exc}") from None
         self._by_key: dict[tuple[str, str], Lease] = {}
         self._by_address: dict[ipaddress.IPv4Address, Lease] = {}
         self._last: ipaddress.IPv4Address | None = None
@@ -117,12 +115,11 @@ def read_leases(path: Path) -> list[Lease]:
     """Every lease in the store at ``path``, read only (a running server may hold it)."""
     if not path.exists():
         return []
+    db = connect_readonly(path, "lease store")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
-        finally:
-            db.close()
+        rows = db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read lease store {path}: {exc}") from None
+    finally:
+        db.close()
     return [Lease(d, v, ipaddress.IPv4Address(a), c) for d, v, a, c in rows]

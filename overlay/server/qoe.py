@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from overlay.exceptions import StoreError
+from overlay.server.sqlite import connect, connect_readonly
 
 MAX_REPORT = 65536
 SCHEMA = """
@@ -72,15 +73,10 @@ class ReportStore:
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        try:
-            if readonly:
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            else:
-                self._db = sqlite3.connect(path, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open QoE store {path}: {exc}") from None
+        if readonly:
+            self._db = connect_readonly(path, "QoE store")
+        else:
+            self._db = connect(path, "QoE store", SCHEMA)
 
     def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
         cursor = self._db.execute(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.exceptions import StoreError
+from overlay.server.sqlite import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -39,13 +40,7 @@ class Enrollment:
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open device registry {path}: {exc}") from None
+        self._db = connect(path, "device registry", SCHEMA)
 
     def get(self, device: str) -> Enrollment | None:
         row = self._query("SELECT id, password_hash, created FROM devices WHERE id = ?", device)
