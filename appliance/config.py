@@ -40,6 +40,7 @@ class VrfConfig:
     password: str
     source: str | None  # local address to connect from
     own_servers: bool  # urls or password set for this VRF: DHCP does not override them
+    insecure: bool  # do not verify the server's certificate (logged at every connect)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         password=password,
         source=None,
         own_servers=False,
+        insecure=server.flag("insecure", False),
     )
     vrfs = tuple(read_vrf(t, defaults) for t in vrf_tables) or (defaults,)
     vrfs = name_tuns(root, vrfs)
@@ -179,6 +181,7 @@ def read_vrf(table: configfile.Table, defaults: VrfConfig) -> VrfConfig:
         password=password or defaults.password,
         source=source,
         own_servers=own_urls or password is not None,
+        insecure=defaults.insecure,
     )
 
 

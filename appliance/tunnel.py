@@ -63,11 +63,14 @@ class TunnelState(enum.Enum):
 
 
 def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
-    """Verify the server's chain and name, TLS 1.2 or newer."""
+    """Verify the server's chain and name, TLS 1.2 or newer; ``insecure`` alone turns that off."""
     context = ssl.create_default_context(
         cafile=str(vrf.ca_file) if vrf.ca_file is not None else None
     )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if vrf.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 
@@ -366,6 +369,12 @@ class DeviceTunnel:
         await self.tun.configure(address, hello.mtu)
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
+        if self.vrf.insecure:
+            self.log.warning(
+                "SERVER CERTIFICATE NOT VERIFIED (server.insecure = true): anyone "
+                "on the path can impersonate the server",
+                server=url,
+            )
         keepalive = Keepalive(
             self.config.keepalive_interval or hello.ping_interval, self.config.keepalive_misses
         )

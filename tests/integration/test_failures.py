@@ -167,3 +167,16 @@ def test_sigterm_closes_cleanly_on_both_sides(overlay: Overlay) -> None:
     assert netns.stop(device.process) == 0
     assert tun_addresses(device.ns) == []  # the TUN is gone with the agent
     assert '"tunnel stopped"' in device.log.read_text()
+
+
+def test_insecure_is_explicit_and_loud(overlay: Overlay, tmp_path: Path) -> None:
+    overlay.start_server()
+    other_ca = tmp_path / "other-ca"
+    certs.init(other_ca, ["overlay.test"])
+    device = overlay.add_device("dev1", ca_file=other_ca / certs.CA_FILE)
+    device.config.write_text(
+        device.config.read_text().replace('username = "VPN"', 'insecure = true\nusername = "VPN"')
+    )
+    assert overlay.start_device(device) is not None  # an untrusted certificate, accepted
+    text = wait_log(device.log, "SERVER CERTIFICATE NOT VERIFIED")
+    assert "server.insecure = true" in text
