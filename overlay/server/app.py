@@ -28,6 +28,7 @@ from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
 from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.config import ServerConfig
+from overlay.server.gate import Gate
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.leases import LeaseStore
 from overlay.server.policy import Policy
@@ -75,6 +76,7 @@ class Server:
         self.router = Router(tun, Policy(), batch_bytes=config.max_message)
         self.refusals: Counter[str] = Counter()
         self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
+        self.gate = Gate(config.max_pending, config.handshake_timeout, self.refusals)
         self.started = time.time()
         self._sessions: set[ServerSession] = set()
         self._closed_drops: Counter[str] = Counter()
@@ -175,6 +177,7 @@ class Server:
             max_msg_size=config.max_message,
         )
         await ws.prepare(request)
+        self.gate.settled(request.transport)
         session = ServerSession(
             ws,
             lease,
@@ -218,6 +221,7 @@ class Server:
                 "started": self.started,
                 "leases": len(self.store),
                 "pool": f"{self.config.pool.first}-{self.config.pool.last}",
+                "pending": self.gate.pending,
             },
             "sessions": sorted((s.status() for s in self._sessions), key=lambda s: s["address"]),
             "leases": [
@@ -287,13 +291,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             stack.callback(reports.close)
             collector = Collector(reports, lambda address: lease_owner(store, address))
             qoe = await listen(
-                loop.create_server(
-                    lambda: asyncio.StreamReaderProtocol(
-                        asyncio.StreamReader(limit=MAX_REPORT + 1), collector.handle
-                    ),
+                asyncio.start_server(
+                    collector.handle,
                     str(config.address),
                     config.qoe_port,
                     ssl=context,
+                    limit=MAX_REPORT + 1,
                 ),
                 f"{config.address}:{config.qoe_port} (QoE)",
             )
@@ -308,7 +311,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         assert runner.server is not None  # set by setup()
         listener = await listen(
             loop.create_server(
-                runner.server,
+                server.gate.wrap(runner.server),
                 config.host,
                 config.port,
                 ssl=context,

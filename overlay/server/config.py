@@ -25,6 +25,7 @@ class ServerConfig:
     cert_file: Path
     key_file: Path
     handshake_timeout: float
+    max_pending: int
     tun_name: str
     address: ipaddress.IPv4Address
     pool: AddressPool
@@ -101,6 +102,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         cert_file=listen.file("cert_file"),
         key_file=listen.file("key_file"),
         handshake_timeout=listen.number("handshake_timeout", 10.0, low=0.1, high=300),
+        max_pending=listen.integer("max_pending", 1000, low=1, high=1_000_000),
         tun_name=overlay.string("tun_name", "ovl0"),
         address=address,
         pool=pool,

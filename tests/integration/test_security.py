@@ -212,3 +212,43 @@ def wait_log(path: Path, text: str) -> str:
         timeout=20,
         log=path,
     )
+
+
+IDLE_TLS = """
+import socket, ssl, sys, time
+context = ssl.create_default_context(cafile=sys.argv[1])
+held = []
+for _ in range(int(sys.argv[2])):
+    raw = socket.create_connection(("198.18.0.1", 443), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="198.18.0.1")  # TLS up, then no request
+    held.append((time.monotonic(), tls))
+for started, tls in reversed(held):  # the newest first: it must be closed at once
+    tls.settimeout(10)
+    try:
+        data = tls.recv(1)
+    except (ssl.SSLError, OSError):
+        data = b""
+    print(round(time.monotonic() - started, 1), data == b"")
+"""
+
+
+def test_pending_connections_are_capped_and_timed_out(overlay: Overlay) -> None:
+    overlay.server_config = deploy.server_config(overlay.root / "server", overlay.pki_dir, PASSWORD)
+    text = overlay.server_config.read_text().replace(
+        "port = 443\n", "port = 443\nhandshake_timeout = 3\nmax_pending = 5\n"
+    )
+    overlay.server_config.write_text(text)
+    overlay.start_server()
+    attacker = overlay.add_device("attacker")
+    argv = [str(BIN / "python"), "-c", IDLE_TLS, str(overlay.ca_file), "6"]
+    result = netns.run(attacker.ns, argv, timeout=60)
+    closed = [line.split() for line in result.stdout.splitlines()]
+    assert len(closed) == 6, result.stdout + result.stderr
+    assert all(ok == "True" for _, ok in closed), closed  # every idle connection was closed
+    # the sixth (over the cap) at once, the first five after the deadline
+    assert [float(seconds) >= 2.5 for seconds, _ in closed] == [False] + [True] * 5, closed
+    refusals = overlay.server_status()["refusals"]
+    assert refusals["pending-limit"] == 1 and refusals["handshake-timeout"] == 5
+    device = overlay.add_device("dev1")
+    assert overlay.start_device(device) is not None  # real devices still get in
+    assert overlay.server_status()["server"]["pending"] == 0
