@@ -31,6 +31,7 @@ SRV, NAT = "ovl-srv", "ovl-nat"
 SERVER_IP, NAT_WAN = "198.18.0.1", "198.18.0.254"
 WAN_NET, LAN_NET = "198.18.0.0/24", "198.19.0.0/16"
 URL = f"wss://{SERVER_IP}:443/tun"
+ADMIN_URL = "http://127.0.0.1:9180"  # inside ovl-srv; the token is in server/state/admin-token
 VRF = "main-vrf"
 VOICE_VRF = "voice-vrf"
 DEFAULT_DIR = Path(os.environ.get("OVL_LAB_DIR", "/var/tmp/ovl-lab"))
@@ -265,6 +266,7 @@ class Lab:
                 "netns": SRV,
                 "overlay": "169.254.0.1",
                 "url": URL,
+                "admin": ADMIN_URL,
                 "state": "up" if server else "down",
                 "sessions": len(server["sessions"]) if server else 0,
             },

@@ -9,6 +9,7 @@ broadcast addresses even inside a /16), and never 169.254.169.254 or
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Container
 from dataclasses import dataclass, field
@@ -69,6 +70,12 @@ class AddressPool:
                 f"address pool {text!r} is neither a CIDR nor a range a.b.c.d-e.f.g.h: {exc}"
             ) from None
         return cls(network.network_address, network.broadcast_address)
+
+    @functools.cached_property
+    def capacity(self) -> int:
+        """How many addresses of the range may be leased."""
+        base = int(self.first)
+        return sum(is_assignable(ipaddress.IPv4Address(base + n)) for n in range(self._size))
 
     def __contains__(self, address: object) -> bool:
         return (

@@ -61,6 +61,16 @@ class Counters:
     tx_frames: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
+    def merge(self, other: Counters) -> None:
+        """Add ``other``'s counts to these."""
+        self.rx_bytes += other.rx_bytes
+        self.rx_packets += other.rx_packets
+        self.rx_frames += other.rx_frames
+        self.tx_bytes += other.tx_bytes
+        self.tx_packets += other.tx_packets
+        self.tx_frames += other.tx_frames
+        self.drops.update(other.drops)
+
     def drop(self, reason: Drop, count: int = 1) -> None:
         self.drops[reason.value] += count
 

@@ -18,7 +18,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -26,6 +26,7 @@ from aiohttp import web
 from overlay import control, wire
 from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
+from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.config import ServerConfig
 from overlay.server.gate import Gate
@@ -37,9 +38,11 @@ from overlay.server.ratelimit import FailureLimiter
 from overlay.server.registry import Enrollment, Registry
 from overlay.server.router import Router
 from overlay.server.sessions import ServerSession
+from overlay.session import Counters
 from overlay.tun import Tun
 
 log = structlog.get_logger("overlay.server")
+T = TypeVar("T")
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:
@@ -79,7 +82,8 @@ class Server:
         self.gate = Gate(config.max_pending, config.handshake_timeout, self.refusals)
         self.started = time.time()
         self._sessions: set[ServerSession] = set()
-        self._closed_drops: Counter[str] = Counter()
+        self._closed = Counters()  # what sessions that have ended carried and dropped
+        self.handshakes = 0
         self._checks: dict[bytes, asyncio.Future[bool]] = {}
 
     def app(self) -> web.Application:
@@ -178,6 +182,7 @@ class Server:
         )
         await ws.prepare(request)
         self.gate.settled(request.transport)
+        self.handshakes += 1
         session = ServerSession(
             ws,
             lease,
@@ -206,13 +211,15 @@ class Server:
         finally:
             self.router.detach(session)
             self._sessions.discard(session)
-            self._closed_drops.update(session.counters.drops)
+            self._closed.merge(session.counters)
         return ws
 
     def status(self) -> dict[str, Any]:
-        drops = Counter(self.router.drops) + self._closed_drops
+        totals = Counters()
+        totals.merge(self._closed)
         for session in self._sessions:
-            drops.update(session.counters.drops)
+            totals.merge(session.counters)
+        totals.drops.update(self.router.drops)
         return {
             "server": {
                 "overlay": str(self.config.address),
@@ -221,7 +228,10 @@ class Server:
                 "started": self.started,
                 "leases": len(self.store),
                 "pool": f"{self.config.pool.first}-{self.config.pool.last}",
+                "pool_size": self.config.pool.capacity,
                 "pending": self.gate.pending,
+                "handshakes": self.handshakes,
+                "enrolled": self.registry.count(),
             },
             "sessions": sorted((s.status() for s in self._sessions), key=lambda s: s["address"]),
             "leases": [
@@ -229,7 +239,8 @@ class Server:
                 for lease in self.store.all()
             ],
             "refusals": dict(self.refusals),
-            "drops": dict(drops),
+            "drops": dict(totals.drops),
+            "totals": totals.as_dict(),
             "qoe": dict(self.collector.counters) if self.collector else None,
         }
 
@@ -320,6 +331,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             ),
             f"{config.host}:{config.port}",
         )
+        if config.admin is not None:
+            admin_app = admin.application(
+                admin.load_token(config.admin_token_file),
+                server.status,
+                {"unbind": server.unbind, "remove": server.remove},
+                config.metrics_need_token,
+                server.refusals,
+            )
+            admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+            await admin_runner.setup()
+            stack.push_async_callback(admin_runner.cleanup)
+            host, port = config.admin
+            await listen(web.TCPSite(admin_runner, host, port).start(), f"{host}:{port} (admin)")
         control_runner = await control.start(
             config.control_socket, server.status, {"unbind": server.unbind, "remove": server.remove}
         )
@@ -367,7 +391,7 @@ def lease_owner(store: LeaseStore, address: ipaddress.IPv4Address) -> tuple[str,
     return (lease.device, lease.vrf) if lease is not None else None
 
 
-async def listen(starting: Awaitable[asyncio.Server], where: str) -> asyncio.Server:
+async def listen(starting: Awaitable[T], where: str) -> T:
     """Await a listener; a port in use or an address not here becomes one clear line."""
     try:
         return await starting

@@ -43,6 +43,9 @@ class ServerConfig:
     state_dir: Path
     log_level: str
     qoe_port: int | None
+    admin: tuple[str, int] | None  # host and port of the admin listener, None when off
+    admin_token_file: Path
+    metrics_need_token: bool
 
     @property
     def qoe_file(self) -> Path:
@@ -74,6 +77,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     state = root.table("state")
     logging = root.table("log")
     qoe = root.table("qoe")
+    admin = root.table("admin")
 
     url_path = listen.string("path", wire.DEFAULT_PATH)
     if not url_path.startswith("/"):
@@ -95,6 +99,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
             auth.fail("password_hash", str(exc))
     elif auth.has("username"):
         auth.fail("username", "a shared username needs auth.password_hash as well")
+    state_dir = path_relative(root.path, state.string("dir", "/var/lib/overlay"))
     config = ServerConfig(
         host=listen.string("host", "0.0.0.0"),
         port=listen.integer("port", 443, low=1, high=65535),
@@ -121,15 +126,30 @@ def load_server_config(path: str | Path) -> ServerConfig:
         max_failures=auth.integer("max_failures", 10, low=1, high=10000),
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
         lockout=auth.number("lockout", 60.0, low=1, high=86400),
-        state_dir=path_relative(root.path, state.string("dir", "/var/lib/overlay")),
+        state_dir=state_dir,
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)
         if qoe.flag("enabled", True)
         else None,
+        admin=admin_listen(admin),
+        admin_token_file=path_relative(
+            root.path, admin.string("token_file", str(state_dir / "admin-token"))
+        ),
+        metrics_need_token=admin.flag("metrics_need_token", False),
     )
-    for table in (listen, overlay, auth, state, logging, qoe, root):
+    for table in (listen, overlay, auth, state, logging, qoe, admin, root):
         table.done()
     return config
+
+
+def admin_listen(table: configfile.Table) -> tuple[str, int] | None:
+    value = table.string("listen", "127.0.0.1:9180")
+    if value == "off":
+        return None
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        table.fail("listen", f'{value!r} must be HOST:PORT, or "off"')
+    return host, int(port)
 
 
 def path_relative(config_path: Path, value: str) -> Path:

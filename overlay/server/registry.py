@@ -61,6 +61,9 @@ class Registry:
     def remove(self, device: str) -> bool:
         return self._execute("DELETE FROM devices WHERE id = ?", device) > 0
 
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM devices").fetchone()[0])
+
     def all(self) -> list[Enrollment]:
         rows = self._query("SELECT id, password_hash, created FROM devices ORDER BY id")
         return [Enrollment(*row) for row in rows]

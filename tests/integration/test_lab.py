@@ -60,6 +60,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_status_json_follows_the_lab_contract(lab: Lab) -> None:
     status = json.loads(lab_cli(lab.dir, "status", "--json").stdout)
     assert status["dir"] == str(lab.dir)
+    assert status["server"]["admin"] == "http://127.0.0.1:9180"
     assert {k: status["server"][k] for k in ("netns", "overlay", "url")} == {
         "netns": "ovl-srv",
         "overlay": "169.254.0.1",

@@ -1,0 +1,137 @@
+"""The admin listener: a JSON API (token required) and Prometheus metrics, on localhost by default.
+
+    GET  /api/v1/status                  sessions, leases, counters (as ``overlay status --json``)
+    POST /api/v1/devices/{id}/unbind     close its tunnels (4003), release its leases
+    POST /api/v1/devices/{id}/remove     the same, and un-enroll it
+    GET  /metrics                        Prometheus text format (no token unless configured)
+    GET  /openapi.json                   this API, described
+
+The token is a random secret the server writes once, mode 0600, to
+``admin.token_file`` (``STATE_DIR/admin-token`` by default); clients send it as
+``Authorization: Bearer TOKEN``. A wrong or missing token is 401 and counted.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from overlay.server import metrics
+
+Action = Callable[[str], Awaitable[dict[str, Any]]]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "overlay admin API", "version": "1"},
+    "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+    "security": [{"token": []}],
+    "paths": {
+        "/api/v1/status": {
+            "get": {
+                "summary": "Sessions, leases, refusals, drops and traffic totals",
+                "responses": {
+                    "200": {"description": "the status, as `overlay status --json`"},
+                    "401": {"description": "missing or wrong token"},
+                },
+            }
+        },
+        "/api/v1/devices/{device}/unbind": {
+            "post": {
+                "summary": "Close the device's tunnels (4003) and release its leases",
+                "parameters": [
+                    {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "what was closed and released"},
+                    "401": {"description": "missing or wrong token"},
+                },
+            }
+        },
+        "/api/v1/devices/{device}/remove": {
+            "post": {
+                "summary": "Unbind the device and take it out of the registry",
+                "parameters": [
+                    {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "what was closed, released and removed"},
+                    "401": {"description": "missing or wrong token"},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {"200": {"description": "text format 0.0.4"}},
+            }
+        },
+    },
+}
+
+
+def load_token(path: Path) -> str:
+    """The admin token, made on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def application(
+    token: str,
+    status: Callable[[], dict[str, Any]],
+    actions: dict[str, Action],
+    metrics_need_token: bool,
+    refusals: Counter[str],
+) -> web.Application:
+    expected = f"Bearer {token}".encode()
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        if hmac.compare_digest(given, expected):
+            return True
+        refusals["admin-token"] += 1
+        return False
+
+    def refuse() -> web.Response:
+        return web.json_response(
+            {"error": "missing or wrong token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="overlay-admin"'},
+        )
+
+    async def get_status(request: web.Request) -> web.Response:
+        return web.json_response(status()) if authorized(request) else refuse()
+
+    async def post_device(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refuse()
+        action = actions[request.match_info["action"]]
+        return web.json_response(await action(request.match_info["device"]))
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        if metrics_need_token and not authorized(request):
+            return refuse()
+        return web.Response(
+            body=metrics.exposition(status), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
+
+    async def get_openapi(request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/status", get_status)
+    app.router.add_post("/api/v1/devices/{device}/{action:unbind|remove}", post_device)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/openapi.json", get_openapi)
+    return app

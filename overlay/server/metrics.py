@@ -1,0 +1,79 @@
+"""Prometheus metrics, read from the server's status at scrape time.
+
+Nothing is counted twice and nothing touches the hot path: the router and the
+sessions keep plain integer counters, and a scrape turns the same
+:meth:`Server.status` that ``overlay status`` shows into the exposition format
+(prometheus-client). Counters include the sessions that have closed, so they
+only ever grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class StatusCollector(Collector):
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        data = self.status()
+        server, totals = data["server"], data["totals"]
+        yield GaugeMetricFamily("overlay_sessions", "Open tunnels.", value=len(data["sessions"]))
+        yield GaugeMetricFamily(
+            "overlay_leases", "Leased overlay addresses.", value=server["leases"]
+        )
+        yield GaugeMetricFamily(
+            "overlay_pool_addresses", "Addresses the pool can lease.", value=server["pool_size"]
+        )
+        yield GaugeMetricFamily(
+            "overlay_pending_connections",
+            "Connections that are not tunnels yet.",
+            value=server["pending"],
+        )
+        yield GaugeMetricFamily(
+            "overlay_enrolled_devices", "Devices in the registry.", value=server["enrolled"]
+        )
+        handshakes = CounterMetricFamily(
+            "overlay_handshakes", "Tunnels opened.", value=server["handshakes"]
+        )
+        yield handshakes
+        refusals = CounterMetricFamily(
+            "overlay_refusals", "Connections and requests refused.", labels=["reason"]
+        )
+        for reason, count in sorted(data["refusals"].items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        drops = CounterMetricFamily(
+            "overlay_drops", "Packets or frames dropped.", labels=["reason"]
+        )
+        for reason, count in sorted(data["drops"].items()):
+            drops.add_metric([reason], count)
+        yield drops
+        for unit in ("bytes", "packets", "frames"):
+            family = CounterMetricFamily(
+                f"overlay_tunnel_{unit}",
+                f"Tunnel {unit}: rx arrived from devices, tx sent to them.",
+                labels=["direction"],
+            )
+            family.add_metric(["rx"], totals[f"rx_{unit}"])
+            family.add_metric(["tx"], totals[f"tx_{unit}"])
+            yield family
+        qoe = CounterMetricFamily("overlay_qoe_reports", "QoE report lines.", labels=["result"])
+        for result, count in sorted((data["qoe"] or {}).items()):
+            qoe.add_metric([result], count)
+        yield qoe
+
+
+def exposition(status: Callable[[], dict[str, Any]]) -> bytes:
+    """The metrics in Prometheus' text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    return generate_latest(registry)

@@ -1,0 +1,72 @@
+"""What an operator sees: the admin API (token), metrics that move, the OpenAPI description."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from lab import netns
+from tests.integration.conftest import SRV, Overlay
+
+pytestmark = pytest.mark.netns
+
+ADMIN = "http://127.0.0.1:9180"
+
+
+def get(path: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
+    headers = ["-H", f"Authorization: Bearer {token}"] if token else []
+    result = netns.run(
+        SRV, ["curl", "-s", "-X", method, "-w", "\n%{http_code}", *headers, ADMIN + path]
+    )
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code), body
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"{name} not in the metrics"
+    return float(found.group(1))
+
+
+def test_admin_api_and_metrics(overlay: Overlay) -> None:
+    overlay.start_server()
+    device = overlay.add_device("dev1")
+    overlay.start_device(device)
+    assert overlay.server_config is not None
+    token_file = overlay.server_config.parent / "state" / "admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+
+    assert get("/api/v1/status")[0] == 401
+    assert get("/api/v1/status", "wrong")[0] == 401
+    code, body = get("/api/v1/status", token)
+    assert code == 200
+    status = json.loads(body)
+    assert [s["device"] for s in status["sessions"]] == ["dev1"]
+    assert status["refusals"]["admin-token"] == 2
+
+    code, before = get("/metrics")  # Prometheus scrapes without the token by default
+    assert code == 200
+    assert metric(before, "overlay_sessions") == 1
+    assert metric(before, "overlay_leases") == 1
+    assert metric(before, 'overlay_refusals_total{reason="admin-token"}') == 2
+    assert netns.run(device.ns, ["ping", "-c", "5", "-i", "0.1", "169.254.0.1"]).returncode == 0
+    after = get("/metrics")[1]
+    rx = 'overlay_tunnel_packets_total{direction="rx"}'
+    assert metric(after, rx) >= metric(before, rx) + 5  # the counters move with the traffic
+    for name in (
+        "overlay_pending_connections",
+        "overlay_pool_addresses",
+        "overlay_handshakes_total",
+        "overlay_enrolled_devices",
+    ):
+        metric(after, name)
+
+    spec = json.loads(get("/openapi.json")[1])
+    assert set(spec["paths"]) >= {"/api/v1/status", "/metrics"}
+
+    code, body = get("/api/v1/devices/dev1/unbind", token, method="POST")
+    assert code == 200 and json.loads(body)["closed"] == 1
+    assert metric(get("/metrics")[1], "overlay_leases") == 0
