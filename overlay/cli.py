@@ -16,6 +16,7 @@ import json
 import secrets
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show sessions, leases and counters")
     status.add_argument("--config", required=True, type=Path, help="server.toml")
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.add_argument("device", nargs="?", help="only this device: its sessions and leases")
 
     certs_parser = commands.add_parser("certs", help="development certificates")
     certs_commands = certs_parser.add_subparsers(
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             config = load_server_config(args.config)
             data = asyncio.run(control.fetch_status(config.control_socket))
+            if args.device is not None:
+                data = only_device(data, args.device)
+                if not data["sessions"] and not data["leases"]:
+                    return process.fail(f"no session and no lease for device {args.device!r}")
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
         if args.command == "device":
@@ -248,6 +254,20 @@ def hash_password() -> int:
     return 0
 
 
+def only_device(data: dict[str, Any], device: str) -> dict[str, Any]:
+    """The status narrowed to one device: its sessions (one per VRF) and leases."""
+    sessions = [s for s in data["sessions"] if s["device"] == device]
+    drops: Counter[str] = Counter()
+    for session in sessions:
+        drops.update(session["drops"])
+    return data | {
+        "sessions": sessions,
+        "leases": [lease for lease in data["leases"] if lease["device"] == device],
+        "drops": dict(drops),
+        "refusals": {},
+    }
+
+
 def format_status(data: dict[str, Any]) -> str:
     """The operator's view: one row per session, then totals."""
     server = data["server"]
@@ -266,6 +286,17 @@ def format_status(data: dict[str, Any]) -> str:
             f"{sum(s['drops'].values()):>6}"
         )
     lines.append("")
+    lines.append(
+        "leases: "
+        + (
+            " ".join(
+                f"{lease['device']}/{lease['vrf']}={lease['address']}"
+                for lease in data["leases"][:20]
+            )
+            + (" …" if len(data["leases"]) > 20 else "")
+            or "none"
+        )
+    )
     lines.append(
         "drops: " + (", ".join(f"{k}={v}" for k, v in sorted(data["drops"].items())) or "none")
     )

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from lab import netns
+from lab.deploy import BIN
 from tests.integration.conftest import SRV, Overlay
 
 pytestmark = pytest.mark.netns
@@ -70,3 +71,26 @@ def test_admin_api_and_metrics(overlay: Overlay) -> None:
     code, body = get("/api/v1/devices/dev1/unbind", token, method="POST")
     assert code == 200 and json.loads(body)["closed"] == 1
     assert metric(get("/metrics")[1], "overlay_leases") == 0
+
+
+def test_status_of_one_device(overlay: Overlay) -> None:
+    overlay.start_server()
+    for name in ("dev1", "dev2"):
+        overlay.start_device(overlay.add_device(name))
+    overlay.run("ovlt-dev2", "ping", "-c", "2", "-W", "1", "169.254.1.1")  # isolation drops
+    assert overlay.server_config is not None
+    overlay_bin = str(BIN / "overlay")
+    one = netns.run(SRV, [overlay_bin, "status", "--config", str(overlay.server_config), "dev2"])
+    assert one.returncode == 0, one.stderr
+    assert "dev2" in one.stdout and "dev1" not in one.stdout.replace("dev1/", "")
+    assert "leases: dev2/default=169.254.1.2" in one.stdout
+    assert "policy=2" in one.stdout
+    data = json.loads(
+        netns.run(
+            SRV, [overlay_bin, "status", "--config", str(overlay.server_config), "--json", "dev2"]
+        ).stdout
+    )
+    assert [s["device"] for s in data["sessions"]] == ["dev2"]
+    missing = netns.run(SRV, [overlay_bin, "status", "--config", str(overlay.server_config), "x"])
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no session and no lease for device 'x'\n"
