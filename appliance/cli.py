@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "qoe-send":
             config = load_appliance_config(args.config)
+            log.configure(config.log_level)
             vrf = qoe.pick_vrf(config, args.vrf)
             text = read_input(args.file)
             answers = asyncio.run(qoe.send_reports(config, vrf, qoe.read_reports(text)))

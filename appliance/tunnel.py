@@ -36,7 +36,7 @@ from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
 from appliance.vrf import Backend
-from overlay import bridge, wire
+from overlay import bridge, log, wire
 from overlay.exceptions import HelloError, TunError
 from overlay.session import Counters, Keepalive
 from overlay.tun import Tun
@@ -71,6 +71,9 @@ def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
     if vrf.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    key_log = log.tls_key_log()
+    if key_log is not None:
+        context.keylog_filename = key_log
     return context
 
 

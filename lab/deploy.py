@@ -107,9 +107,14 @@ dir = "state"
     return path
 
 
-def start_server(ns: str, config: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    ns: str, config: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return netns.spawn(
-        ns, [str(BIN / "overlay"), "serve", "--config", str(config)], config.parent / "server.log"
+        ns,
+        [str(BIN / "overlay"), "serve", "--config", str(config)],
+        config.parent / "server.log",
+        env=env,
     )
 
 

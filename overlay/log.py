@@ -8,6 +8,7 @@ not a terminal (journald, files, log shippers), ``key=value`` when it is.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -54,3 +55,19 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_OneLine()]
     root.setLevel(logging.getLevelName(level.upper()))
+
+
+def tls_key_log() -> str | None:
+    """Where to write TLS session keys: ``SSLKEYLOGFILE``, for decrypting captures. Off unless set.
+
+    Anyone holding that file can read every tunnel captured meanwhile, so each
+    program that honours it says so loudly when it starts.
+    """
+    path = os.environ.get("SSLKEYLOGFILE") or None
+    if path is not None:
+        structlog.get_logger("overlay.tls").warning(
+            "TLS KEYS ARE BEING WRITTEN (SSLKEYLOGFILE): anyone with this file can decrypt "
+            "captured tunnels",
+            file=path,
+        )
+    return path

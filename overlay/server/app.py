@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from overlay import control, wire
+from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
 from overlay.server import admin
@@ -50,6 +51,9 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
+    key_log = overlay_log.tls_key_log()
+    if key_log is not None:
+        context.keylog_filename = key_log
     try:
         context.load_cert_chain(config.cert_file, config.key_file)
     except (ssl.SSLError, OSError) as exc:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+from pathlib import Path
 
 import pytest
 
-from lab import netns
+from lab import deploy, netns
 from lab.deploy import BIN
-from tests.integration.conftest import SRV, Overlay
+from tests.integration.conftest import PASSWORD, SRV, Overlay
 
 pytestmark = pytest.mark.netns
 
@@ -94,3 +97,49 @@ def test_status_of_one_device(overlay: Overlay) -> None:
     missing = netns.run(SRV, [overlay_bin, "status", "--config", str(overlay.server_config), "x"])
     assert missing.returncode == 1
     assert missing.stderr == "error: no session and no lease for device 'x'\n"
+
+
+def test_tls_key_log_lets_tshark_read_the_tunnel(overlay: Overlay, tmp_path: Path) -> None:
+    keys = tmp_path / "tls-keys.log"
+    overlay.server_config = deploy.server_config(overlay.root / "server", overlay.pki_dir, PASSWORD)
+    server = deploy.start_server(
+        SRV, overlay.server_config, env=os.environ | {"SSLKEYLOGFILE": str(keys)}
+    )
+    overlay.processes.append(server)
+    deploy.wait_for("server start", lambda: deploy.status(overlay.control), process=server)
+    assert "TLS KEYS ARE BEING WRITTEN" in overlay.server_log.read_text()
+    device = overlay.add_device("dev1")
+    pcap = tmp_path / "underlay.pcap"
+    capture = netns.spawn(
+        device.ns,
+        ["tcpdump", "-i", "eth0", "-U", "--immediate-mode", "-w", str(pcap), "tcp", "port", "443"],
+        tmp_path / "tcpdump.log",
+    )
+    try:
+        deploy.wait_for("tcpdump", lambda: "listening" in (tmp_path / "tcpdump.log").read_text())
+        overlay.start_device(device)
+        netns.run(device.ns, ["ping", "-c", "3", "-i", "0.2", "169.254.0.1"])
+        time.sleep(0.5)
+    finally:
+        netns.stop(capture)
+    fields = ["-T", "fields", "-e", "websocket.opcode"]
+    plain = netns.run(SRV, ["tshark", "-r", str(pcap), "-Y", "websocket", *fields])
+    assert plain.stdout.strip() == ""  # without the keys: TLS, nothing to read
+    decrypted = netns.run(
+        SRV,
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-o",
+            f"tls.keylog_file:{keys}",
+            "-d",
+            "tcp.port==443,tls",
+            "-Y",
+            "websocket",
+            *fields,
+        ],
+    )
+    opcodes = decrypted.stdout.split()
+    assert "1" in opcodes  # the hello, a text frame
+    assert opcodes.count("2") >= 6  # binary frames: the pings there and back
