@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from overlay import certs, control, log, process, wire
 from overlay.exceptions import ControlError, OverlayError
 from overlay.server import auth
@@ -78,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, type=Path, help="server.toml")
     device_commands.choices["list"].add_argument("--json", action="store_true")
 
+    capture = commands.add_parser(
+        "capture", help="write what the server forwards for a device (both ways) as pcap"
+    )
+    capture.add_argument("--config", required=True, type=Path, help="server.toml")
+    capture.add_argument("--device", help="only this device (all its VRFs); default: every device")
+    capture.add_argument("-w", dest="file", required=True, help="pcap file to write, - for stdout")
+    capture.add_argument("-c", dest="count", type=int, default=0, help="stop after N packets")
+    capture.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
+
     qoe = commands.add_parser("qoe", help="list the QoE reports devices sent")
     qoe.add_argument("--config", required=True, type=Path, help="server.toml")
     qoe.add_argument("--device", help="only this device id")
@@ -107,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                     return process.fail(f"no session and no lease for device {args.device!r}")
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
+        if args.command == "capture":
+            config = load_server_config(args.config)
+            return asyncio.run(capture(config, args.device, args.file, args.count, args.seconds))
         if args.command == "device":
             return devices(args, load_server_config(args.config))
         if args.command == "qoe":
@@ -236,6 +250,35 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
             result["removed"] = registry.remove(args.id)
             registry.close()
     print(json.dumps(result))
+    return 0
+
+
+async def capture(
+    config: ServerConfig, device: str | None, file: str, count: int, seconds: float
+) -> int:
+    """Stream the server's capture of ``device`` into ``file`` (a pcap; ``-`` is stdout)."""
+    query = {"count": str(count), "seconds": str(seconds)} | ({"device": device} if device else {})
+    out = sys.stdout.buffer if file == "-" else open(file, "wb")  # noqa: SIM115
+    try:
+        connector = aiohttp.UnixConnector(path=str(config.control_socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(
+                "http://local/capture", params=query, timeout=aiohttp.ClientTimeout(total=None)
+            ) as response,
+        ):
+            if response.status != 200:
+                return process.fail((await response.text()).strip())
+            async for chunk in response.content.iter_any():
+                out.write(chunk)
+                out.flush()
+    except (aiohttp.ClientError, OSError) as exc:
+        return process.fail(
+            f"cannot capture through {config.control_socket}: {exc}; is the server running?"
+        )
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
     return 0
 
 

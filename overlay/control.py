@@ -19,11 +19,15 @@ from aiohttp import web
 from overlay.exceptions import ControlError
 
 StatusSource = Callable[[], dict[str, Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Action = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 async def start(
-    path: Path, status: StatusSource, actions: Mapping[str, Action] | None = None
+    path: Path,
+    status: StatusSource,
+    actions: Mapping[str, Action] | None = None,
+    streams: Mapping[str, Handler] | None = None,
 ) -> web.AppRunner:
     """Serve ``status()`` at ``GET /status`` and ``actions`` at ``POST /actions/NAME/ARG``."""
 
@@ -39,6 +43,8 @@ async def start(
     app = web.Application()
     app.router.add_get("/status", handle_status)
     app.router.add_post("/actions/{name}/{arg}", handle_action)
+    for name, handler in (streams or {}).items():
+        app.router.add_get(f"/{name}", handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     path.parent.mkdir(parents=True, exist_ok=True)

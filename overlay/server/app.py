@@ -29,6 +29,7 @@ from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
 from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
+from overlay.server.capture import capture_handler
 from overlay.server.config import ServerConfig
 from overlay.server.gate import Gate
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
@@ -349,7 +350,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             host, port = config.admin
             await listen(web.TCPSite(admin_runner, host, port).start(), f"{host}:{port} (admin)")
         control_runner = await control.start(
-            config.control_socket, server.status, {"unbind": server.unbind, "remove": server.remove}
+            config.control_socket,
+            server.status,
+            {"unbind": server.unbind, "remove": server.remove},
+            {"capture": capture_handler(server.router, store)},
         )
         stack.push_async_callback(control_runner.cleanup)
         router = asyncio.create_task(server.router.run())

@@ -22,6 +22,7 @@ from overlay.tun import Tun
 from overlay.wire import split_packets
 
 if TYPE_CHECKING:
+    from overlay.server.capture import Tap
     from overlay.server.sessions import ServerSession
 
 
@@ -35,6 +36,7 @@ class Router:
         self.by_address: dict[bytes, ServerSession] = {}
         self.by_key: dict[tuple[str, str], ServerSession] = {}
         self.drops: Counter[str] = Counter()  # drops not owned by any session
+        self.taps: list[Tap] = []  # running captures (overlay capture); usually none
 
     def attach(self, session: ServerSession) -> ServerSession | None:
         """Make ``session`` the one for its (device, VRF); return the one it replaces."""
@@ -61,18 +63,21 @@ class Router:
         counters.rx_frames += 1
         counters.rx_bytes += len(frame)
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
+        taps = self.taps
         for packet in packets:
             reason = check(packet, source)
             if reason is not None:
                 counters.drop(reason)
             elif write(packet):
                 counters.rx_packets += 1
+                for tap in taps:
+                    tap.offer(source, packet)
             else:
                 counters.drop(Drop.TUN_FULL)
 
     async def run(self) -> None:
         """Forward what the TUN reads to the sessions, until cancelled."""
-        tun, by_address, drops = self.tun, self.by_address, self.drops
+        tun, by_address, drops, taps = self.tun, self.by_address, self.drops, self.taps
         while True:
             packets = tun.read_batch(self.batch_bytes)
             if not packets:
@@ -82,8 +87,11 @@ class Router:
                 if packet[0] >> 4 != 4:
                     drops[Drop.UNSUPPORTED.value] += 1
                     continue
-                session = by_address.get(packet[IPV4_DST])
+                destination = packet[IPV4_DST]
+                session = by_address.get(destination)
                 if session is None:
                     drops[Drop.NO_SESSION.value] += 1
-                else:
-                    session.enqueue(packet)
+                    continue
+                session.enqueue(packet)
+                for tap in taps:
+                    tap.offer(destination, packet)

@@ -143,3 +143,53 @@ def test_tls_key_log_lets_tshark_read_the_tunnel(overlay: Overlay, tmp_path: Pat
     opcodes = decrypted.stdout.split()
     assert "1" in opcodes  # the hello, a text frame
     assert opcodes.count("2") >= 6  # binary frames: the pings there and back
+
+
+def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
+    overlay.start_server()
+    for name in ("dev1", "dev2"):
+        overlay.start_device(overlay.add_device(name))
+    assert overlay.server_config is not None
+    pcap_file = tmp_path / "dev1.pcap"
+    capture = netns.spawn(
+        SRV,
+        [
+            str(BIN / "overlay"),
+            "capture",
+            "--config",
+            str(overlay.server_config),
+            "--device",
+            "dev1",
+            "-w",
+            str(pcap_file),
+            "-c",
+            "8",
+        ],
+        tmp_path / "capture.log",
+    )
+    overlay.processes.append(capture)
+    time.sleep(0.5)
+    netns.run("ovlt-dev2", ["ping", "-c", "2", "-i", "0.2", "169.254.0.1"])  # not dev1: not kept
+    netns.run("ovlt-dev1", ["ping", "-c", "4", "-i", "0.2", "169.254.0.1"])
+    capture.wait(timeout=20)
+    assert capture.returncode == 0, (tmp_path / "capture.log").read_text()
+    lines = netns.run(SRV, ["tcpdump", "-nn", "-r", str(pcap_file)]).stdout.splitlines()
+    assert len(lines) == 8
+    assert sum("169.254.1.1 > 169.254.0.1: ICMP echo request" in line for line in lines) == 4
+    assert sum("169.254.0.1 > 169.254.1.1: ICMP echo reply" in line for line in lines) == 4
+    tshark = netns.run(SRV, ["tshark", "-r", str(pcap_file), "-T", "fields", "-e", "ip.src"])
+    assert set(tshark.stdout.split()) == {"169.254.1.1", "169.254.0.1"}
+    missing = netns.run(
+        SRV,
+        [
+            str(BIN / "overlay"),
+            "capture",
+            "--config",
+            str(overlay.server_config),
+            "--device",
+            "nobody",
+            "-w",
+            "-",
+        ],
+    )
+    assert missing.returncode == 1 and "has no lease" in missing.stderr

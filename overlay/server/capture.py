@@ -1,0 +1,85 @@
+"""``overlay capture``: what the router forwards for a device, both directions, as a pcap stream.
+
+A :class:`Tap` sits on the router only while a capture runs; the router then
+offers it every packet it forwards (after the policy: what the device really
+sent and got). The tap queues copies up to a bound and counts what it had to
+drop rather than slow the router. The control socket streams the tap as a pcap
+file (``GET /capture?device=ID&count=N&seconds=S``) until the count or the time
+is reached or the reader goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+
+from aiohttp import web
+
+from overlay import pcap
+from overlay.control import Handler
+from overlay.server.leases import LeaseStore
+from overlay.server.router import Router
+
+QUEUE = 10_000
+
+
+class Tap:
+    """One running capture: copies of the packets to or from ``addresses`` (None: all)."""
+
+    def __init__(self, addresses: frozenset[bytes] | None) -> None:
+        self.addresses = addresses
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE)
+        self.dropped = 0
+
+    def offer(self, address: bytes, packet: bytes | memoryview) -> None:
+        if self.addresses is not None and address not in self.addresses:
+            return
+        try:
+            self.queue.put_nowait((time.time(), bytes(packet)))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+def capture_handler(router: Router, store: LeaseStore) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        device = request.query.get("device")
+        addresses = None
+        if device is not None:
+            addresses = frozenset(
+                ipaddress.IPv4Address(lease.address).packed
+                for lease in store.all()
+                if lease.device == device
+            )
+            if not addresses:
+                raise web.HTTPNotFound(text=f"device {device!r} has no lease")
+        count = int(request.query.get("count", "0")) or None
+        seconds = float(request.query.get("seconds", "0")) or None
+        response = web.StreamResponse(headers={"Content-Type": "application/vnd.tcpdump.pcap"})
+        await response.prepare(request)
+        await response.write(pcap.file_header())
+        tap = Tap(addresses)
+        router.taps.append(tap)
+        written = 0
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        try:
+            while count is None or written < count:
+                timeout = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                if timeout is not None and timeout <= 0:
+                    break
+                try:
+                    stamp, packet = await asyncio.wait_for(tap.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                await response.write(pcap.record(stamp, packet))
+                written += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            router.taps.remove(tap)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    return handle
