@@ -24,7 +24,7 @@ import aiohttp
 
 from overlay import certs, control, log, process, wire
 from overlay.exceptions import ControlError, OverlayError
-from overlay.server import auth
+from overlay.server import auth, snmp
 from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
 from overlay.server.leases import LeaseStore, read_leases
 from overlay.server.qoe import ReportStore
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     capture.add_argument("-c", dest="count", type=int, default=0, help="stop after N packets")
     capture.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
 
+    agent = commands.add_parser(
+        "snmp-agent", help="answer snmpd's pass_persist requests (OVERLAY-MIB); run by snmpd"
+    )
+    agent.add_argument("--config", required=True, type=Path, help="server.toml")
+
     qoe = commands.add_parser("qoe", help="list the QoE reports devices sent")
     qoe.add_argument("--config", required=True, type=Path, help="server.toml")
     qoe.add_argument("--device", help="only this device id")
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     return process.fail(f"no session and no lease for device {args.device!r}")
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
+        if args.command == "snmp-agent":
+            return snmp_agent(load_server_config(args.config))
         if args.command == "capture":
             config = load_server_config(args.config)
             return asyncio.run(capture(config, args.device, args.file, args.count, args.seconds))
@@ -279,6 +286,32 @@ async def capture(
     finally:
         if out is not sys.stdout.buffer:
             out.close()
+    return 0
+
+
+def snmp_agent(config: ServerConfig) -> int:
+    """net-snmp's pass_persist loop on stdin/stdout; a status older than a second is refetched."""
+    fetched, objects = 0.0, []
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "PING":
+            reply = ["PONG"]
+        elif command in ("get", "getnext"):
+            oid = snmp.parse_oid(sys.stdin.readline())
+            if time.monotonic() - fetched > 1:
+                try:
+                    objects = snmp.table(asyncio.run(control.fetch_status(config.control_socket)))
+                except ControlError:
+                    objects = []  # the server is down: nothing to show, and snmpd stays up
+                fetched = time.monotonic()
+            reply = snmp.answer(command, oid, objects)
+        elif command == "set":
+            sys.stdin.readline()
+            sys.stdin.readline()
+            reply = ["not-writable"]
+        else:
+            reply = ["NONE"]
+        print("\n".join(reply), flush=True)
     return 0
 
 

@@ -193,3 +193,63 @@ def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
         ],
     )
     assert missing.returncode == 1 and "has no lease" in missing.stderr
+
+
+def test_snmpwalk_of_the_server_through_pass_persist(overlay: Overlay, tmp_path: Path) -> None:
+    overlay.start_server()
+    overlay.start_device(overlay.add_device("dev1"))
+    assert overlay.server_config is not None
+    conf = tmp_path / "snmpd.conf"
+    conf.write_text(
+        "agentAddress udp:127.0.0.1:1161\n"
+        "rocommunity monitor 127.0.0.1\n"
+        f"pass_persist .1.3.6.1.4.1.8072.9999.9999.42 {BIN / 'overlay'} snmp-agent "
+        f"--config {overlay.server_config}\n"
+    )
+    env = os.environ | {"SNMP_PERSISTENT_DIR": str(tmp_path / "snmp")}
+    overlay.processes.append(
+        netns.spawn(
+            SRV,
+            [
+                "snmpd",
+                "-f",
+                "-C",
+                "-c",
+                str(conf),
+                "-p",
+                str(tmp_path / "snmpd.pid"),
+                "-Lf",
+                str(tmp_path / "snmpd.log"),
+                "-m",
+                "",
+            ],
+            tmp_path / "snmpd.out",
+            env=env,
+        )
+    )
+    time.sleep(1)
+    walk = netns.run(
+        SRV,
+        [
+            "snmpwalk",
+            "-v2c",
+            "-c",
+            "monitor",
+            "-On",
+            "-m",
+            "",
+            "-t",
+            "5",
+            "127.0.0.1:1161",
+            ".1.3.6.1.4.1.8072.9999.9999.42",
+        ],
+        env=env,
+    )
+    assert walk.returncode == 0, walk.stderr
+    lines = walk.stdout
+    base = ".1.3.6.1.4.1.8072.9999.9999.42"
+    assert f"{base}.1.1.0 = Gauge32: 1" in lines  # ovlSessions
+    assert f"{base}.1.2.0 = Gauge32: 1" in lines  # ovlLeases
+    assert f'{base}.2.1.1.2.169.254.1.1 = STRING: "dev1"' in lines  # ovlSessionDevice
+    assert f"{base}.2.1.1.1.169.254.1.1 = IpAddress: 169.254.1.1" in lines
+    assert "Counter64" in lines
