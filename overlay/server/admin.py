@@ -5,6 +5,7 @@
     POST /api/v1/devices/{id}/remove     the same, and un-enroll it
     GET  /metrics                        Prometheus text format (no token unless configured)
     GET  /openapi.json                   this API, described
+    GET  /#token=TOKEN                   the status page (refreshes itself every 2 s)
 
 The token is a random secret the server writes once, mode 0600, to
 ``admin.token_file`` (``STATE_DIR/admin-token`` by default); clients send it as
@@ -26,6 +27,17 @@ from aiohttp import web
 from overlay.server import metrics
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
+
+# The status page: static, served without the token; its script asks the API with the
+# token the operator puts in the URL fragment (/#token=…), never sent to the server.
+PAGE = Path(__file__).with_name("status.html")
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -129,9 +141,13 @@ def application(
     async def get_openapi(request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
+    async def get_page(request: web.Request) -> web.Response:
+        return web.Response(body=PAGE.read_bytes(), content_type="text/html", headers=PAGE_HEADERS)
+
     app = web.Application()
     app.router.add_get("/api/v1/status", get_status)
     app.router.add_post("/api/v1/devices/{device}/{action:unbind|remove}", post_device)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
+    app.router.add_get("/", get_page)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from lab import deploy, netns
 from lab.deploy import BIN
-from tests.integration.conftest import PASSWORD, SRV, Overlay
+from tests.integration.conftest import PASSWORD, REPO, SRV, Overlay
 
 pytestmark = pytest.mark.netns
 
@@ -253,3 +255,46 @@ def test_snmpwalk_of_the_server_through_pass_persist(overlay: Overlay, tmp_path:
     assert f'{base}.2.1.1.2.169.254.1.1 = STRING: "dev1"' in lines  # ovlSessionDevice
     assert f"{base}.2.1.1.1.169.254.1.1 = IpAddress: 169.254.1.1" in lines
     assert "Counter64" in lines
+
+
+def test_status_page_in_headless_chromium(overlay: Overlay, tmp_path: Path) -> None:
+    overlay.start_server()
+    devices = [overlay.add_device(name) for name in ("dev1", "dev2")]
+    for device in devices:
+        overlay.start_device(device)
+    assert overlay.server_config is not None
+    token = (overlay.server_config.parent / "state" / "admin-token").read_text().strip()
+    signal, shot = tmp_path / "dev2-stopped", tmp_path / "status-page.png"
+    browser = subprocess.Popen(
+        netns.exec_argv(
+            SRV,
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.browser",
+                f"{ADMIN}/#token={token}",
+                str(signal),
+                str(shot),
+            ],
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    overlay.processes.append(browser)  # type: ignore[arg-type]
+    assert browser.stdout is not None
+    first = browser.stdout.readline().split(" ", 1)
+    assert first[0] == "first", first
+    assert json.loads(first[1]) == [["dev1", "up"], ["dev2", "up"]]
+    netns.stop(devices[1].process)  # type: ignore[arg-type]
+    signal.touch()
+    then = browser.stdout.readline().split(" ", 1)
+    assert then[0] == "then", then
+    assert json.loads(then[1]) == [["dev1", "up"], ["dev2", "down"]]  # the page updated itself
+    browser.wait(timeout=30)
+    phone = shot.with_name("status-page-phone.png")
+    for png in (shot, phone):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("OVL_SAVE_SCREENSHOTS"):  # to refresh the pictures in docs/
+        for png in (shot, phone):
+            (Path(os.environ["OVL_SAVE_SCREENSHOTS"]) / png.name).write_bytes(png.read_bytes())
