@@ -351,15 +351,16 @@ def format_status(data: dict[str, Any]) -> str:
         f"server {server['overlay']} on {server['tun']}, listening {server['listen']}, "
         f"{len(data['sessions'])} sessions, {server['leases']} leases (pool {server['pool']})",
         "",
-        f"{'DEVICE':<20} {'VRF':<12} {'ADDRESS':<16} {'PEER':<16} {'UP':>8} "
-        f"{'RX BYTES':>12} {'TX BYTES':>12} {'DROPS':>6}",
+        f"{'DEVICE':<18} {'VRF':<10} {'ADDRESS':<15} {'PEER':<15} {'UP':>7} "
+        f"{'RX BYTES/PKTS':>17} {'TX BYTES/PKTS':>17} {'DROPS':>5} {'HEARD':>5}",
     ]
     now = time.time()
     for s in data["sessions"]:
+        drops = ",".join(f"{k}={v}" for k, v in sorted(s["drops"].items())) or "0"
         lines.append(
-            f"{s['device']:<20} {s['vrf']:<12} {s['address']:<16} {s['peer']:<16} "
-            f"{duration(now - s['since']):>8} {s['rx_bytes']:>12} {s['tx_bytes']:>12} "
-            f"{sum(s['drops'].values()):>6}"
+            f"{s['device']:<18} {s['vrf']:<10} {s['address']:<15} {s['peer']:<15} "
+            f"{duration(now - s['since']):>7} {s['rx_bytes']:>11}/{s['rx_packets']:<5} "
+            f"{s['tx_bytes']:>11}/{s['tx_packets']:<5} {drops:>5} {s['idle']:>4.0f}s"
         )
     lines.append("")
     lines.append(
