@@ -18,7 +18,6 @@ from overlay.exceptions import ConfigError, PoolExhaustedError
 
 OVERLAY = ipaddress.IPv4Network("169.254.0.0/16")
 SERVICE_RANGE = ipaddress.IPv4Network("169.254.0.0/24")
-SERVER_ADDRESS = ipaddress.IPv4Address("169.254.0.1")
 RESERVED = frozenset(
     {ipaddress.IPv4Address("169.254.169.254"), ipaddress.IPv4Address("169.254.169.123")}
 )

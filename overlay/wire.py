@@ -14,7 +14,7 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from overlay.exceptions import FrameError, HelloError
@@ -138,17 +138,3 @@ def split_packets(frame: bytes) -> list[memoryview]:
         packets.append(view[offset : offset + length])
         offset += length
     return packets
-
-
-def batch_frames(packets: Iterable[bytes], max_message: int) -> Iterator[bytes]:
-    """Join packets into as few frames as fit in ``max_message`` bytes each."""
-    batch: list[bytes] = []
-    size = 0
-    for packet in packets:
-        if batch and size + len(packet) > max_message:
-            yield b"".join(batch)
-            batch, size = [], 0
-        batch.append(packet)
-        size += len(packet)
-    if batch:
-        yield b"".join(batch)
