@@ -1,6 +1,12 @@
 """``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
 
-    scripts/bench [--part reconnect] [--devices N] [--quick] [--json FILE]
+    scripts/bench [--part paths|reconnect]… [--devices N] [--quick] [--json FILE]
+
+Part ``paths``: between the same two namespaces joined by a veth, the direct
+path, our overlay and OpenVPN 2.6 in TCP mode (AES-256-GCM, tcp-nodelay,
+txqueuelen 1000, no DCO), each measured the same way: iperf3 TCP throughput
+both ways, idle ping RTT, ping RTT while iperf3 (cubic) fills a 200 Mbit TBF
+bottleneck on both underlay ends, and server CPU seconds per Gbit carried.
 
 Part ``reconnect`` (the resilience load check): N simulated devices
 (``lab.loadgen``, protocol v1 without a TUN each) connect to one server; then
@@ -63,6 +69,7 @@ class Events:
 
 
 def reconnect(work: Path, devices: int) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     netns.create(SRV)
     netns.create(GEN)
     netns.veth(SRV, "eth0", GEN, "eth0")
@@ -131,13 +138,207 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
         netns.stop(server)
 
 
+OPENVPN_NET = "198.19.250"  # the OpenVPN tunnel's own subnet, inside the bench namespaces
+DEV = "ovlb-dev"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def iperf(
+    client_ns: str,
+    server_ns: str,
+    address: str,
+    seconds: float,
+    reverse: bool,
+    extra: tuple[str, ...] = (),
+) -> float:
+    """TCP throughput in Mbit/s from ``client_ns`` to ``address`` (the other way with reverse)."""
+    server = netns.spawn(server_ns, ["iperf3", "-s", "-1", "-B", address], Path("/dev/null"))
+    try:
+        time.sleep(0.5)
+        argv = ["iperf3", "-c", address, "-t", str(seconds), "-J", *extra]
+        result = netns.run(client_ns, argv + (["-R"] if reverse else []), timeout=seconds + 60)
+        data = json.loads(result.stdout)
+        return round(data["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
+    finally:
+        netns.stop(server)
+
+
+def ping_rtt(ns: str, address: str, count: int, interval: float) -> float:
+    result = netns.run(
+        ns,
+        ["ping", "-q", "-c", str(count), "-i", str(interval), address],
+        timeout=count * interval + 30,
+    )
+    line = next(x for x in result.stdout.splitlines() if "min/avg/max" in x)
+    return float(line.split("=")[1].split("/")[1])
+
+
+def measure(
+    name: str, server_pid: int | None, address: str, seconds: float, pings: int
+) -> dict[str, Any]:
+    """One path: throughput both ways, idle RTT, RTT under load, server CPU per Gbit."""
+    before = cpu_seconds(server_pid) if server_pid else 0.0
+    up = iperf(DEV, SRV, address, seconds, reverse=False)
+    used = (cpu_seconds(server_pid) - before) if server_pid else None
+    down = iperf(DEV, SRV, address, seconds, reverse=True)
+    idle = ping_rtt(DEV, address, pings, 0.01)
+    for ns in (SRV, DEV):  # a 200 Mbit bottleneck on both underlay ends
+        netns.run(
+            ns,
+            [
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                "200mbit",
+                "burst",
+                "64kb",
+                "latency",
+                "400ms",
+            ],
+            check=True,
+        )
+    try:
+        server = netns.spawn(SRV, ["iperf3", "-s", "-1", "-B", address], Path("/dev/null"))
+        time.sleep(0.5)
+        load = netns.spawn(
+            DEV, ["iperf3", "-c", address, "-t", str(seconds + 2), "-C", "cubic"], Path("/dev/null")
+        )
+        time.sleep(1.5)
+        loaded = ping_rtt(DEV, address, max(pings // 4, 10), 0.1)
+        netns.stop(load)
+        netns.stop(server)
+    finally:
+        for ns in (SRV, DEV):
+            netns.run(ns, ["tc", "qdisc", "del", "dev", "eth0", "root"])
+    gbit = up * seconds / 1000
+    return {
+        "path": name,
+        "up_mbit": up,
+        "down_mbit": down,
+        "idle_rtt_ms": idle,
+        "loaded_rtt_ms": loaded,
+        "server_cpu_s_per_gbit": round(used / gbit, 2) if used is not None and gbit else None,
+    }
+
+
+OPENVPN_SERVER = """dev ovpn0
+dev-type tun
+proto tcp-server
+local {server}
+port 1194
+topology subnet
+server {net}.0 255.255.255.0
+ca {pki}/ca.pem
+cert {pki}/server.pem
+key {pki}/server.key
+dh none
+data-ciphers AES-256-GCM
+tcp-nodelay
+txqueuelen 1000
+disable-dco
+keepalive 10 60
+verb 1
+"""
+
+OPENVPN_CLIENT = """client
+dev ovpn0
+dev-type tun
+proto tcp-client
+remote {server} 1194
+nobind
+ca {pki}/ca.pem
+cert {pki}/client.pem
+key {pki}/client.key
+data-ciphers AES-256-GCM
+txqueuelen 1000
+disable-dco
+verb 1
+"""
+
+
+def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
+    """Direct veth, the overlay and OpenVPN-TCP between the same two namespaces."""
+    work.mkdir(parents=True, exist_ok=True)
+    netns.create(SRV)
+    netns.create(DEV)
+    netns.veth(SRV, "eth0", DEV, "eth0")
+    netns.address(SRV, "eth0", f"{SERVER_IP}/24")
+    netns.address(DEV, "eth0", "198.18.0.2/24")
+    results = [measure("direct", None, SERVER_IP, seconds, pings)]
+
+    password = os.urandom(12).hex()
+    ca = deploy.pki(work / "pki", [SERVER_IP])
+    config = deploy.server_config(work / "server", work / "pki", password, host=SERVER_IP)
+    server = deploy.start_server(SRV, config)
+    device = deploy.appliance_config(
+        work / "dev", "bench", [f"wss://{SERVER_IP}/tun"], ca, password
+    )
+    agent = deploy.start_appliance(DEV, device)
+    try:
+        deploy.wait_for(
+            "overlay up",
+            deploy.tunnel_up(device.parent / "state" / "bench.sock"),
+            timeout=30,
+            log=device.parent / "appliance.log",
+        )
+        results.append(measure("overlay", server.pid, "169.254.0.1", seconds, pings))
+    finally:
+        netns.stop(agent)
+        netns.stop(server)
+
+    import trustme  # the OpenVPN peers' certificates, as for the overlay
+
+    vpn = work / "openvpn"
+    vpn.mkdir()
+    authority = trustme.CA()
+    authority.cert_pem.write_to_path(str(vpn / "ca.pem"))
+    for role, name in (("server", SERVER_IP), ("client", "bench-client")):
+        issued = authority.issue_cert(name, common_name=role)
+        issued.cert_chain_pems[0].write_to_path(str(vpn / f"{role}.pem"))
+        issued.private_key_pem.write_to_path(str(vpn / f"{role}.key"))
+    (vpn / "server.conf").write_text(
+        OPENVPN_SERVER.format(server=SERVER_IP, net=OPENVPN_NET, pki=vpn)
+    )
+    (vpn / "client.conf").write_text(OPENVPN_CLIENT.format(server=SERVER_IP, pki=vpn))
+    vpn_server = netns.spawn(
+        SRV, ["openvpn", "--config", str(vpn / "server.conf")], vpn / "server.log"
+    )
+    time.sleep(1)
+    vpn_client = netns.spawn(
+        DEV, ["openvpn", "--config", str(vpn / "client.conf")], vpn / "client.log"
+    )
+    try:
+        deploy.wait_for(
+            "OpenVPN up",
+            lambda: "Initialization Sequence Completed" in (vpn / "client.log").read_text(),
+            timeout=30,
+            log=vpn / "client.log",
+        )
+        results.append(measure("openvpn-tcp", vpn_server.pid, f"{OPENVPN_NET}.1", seconds, pings))
+    finally:
+        netns.stop(vpn_client)
+        netns.stop(vpn_server)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["reconnect"], action="append")
+    parser.add_argument("--part", choices=["paths", "reconnect"], action="append")
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument(
         "--quick",
@@ -147,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     devices = 50 if args.quick else args.devices
-    parts = args.part or ["reconnect"]
+    parts = args.part or ["paths", "reconnect"]
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -158,8 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         netns.remove(ns)
     with tempfile.TemporaryDirectory(prefix="ovl-bench-") as tmp:
         try:
+            if "paths" in parts:
+                seconds, pings = (2, 20) if args.quick else (10, 100)
+                results["paths"] = paths(Path(tmp) / "paths", seconds, pings)
+                for ns in netns.names(PREFIX):
+                    netns.remove(ns)
             if "reconnect" in parts:
-                results["reconnect"] = reconnect(Path(tmp), devices)
+                results["reconnect"] = reconnect(Path(tmp) / "reconnect", devices)
         finally:
             for ns in netns.names(PREFIX):
                 netns.remove(ns)
@@ -171,6 +377,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_results(results: dict[str, Any]) -> str:
     lines = [f"{results['date']}  {results['machine']}{'  (quick)' if results['quick'] else ''}"]
+    if "paths" in results:
+        lines.append(
+            f"{'path':<12} {'up Mbit/s':>10} {'down Mbit/s':>12} {'idle RTT ms':>12} "
+            f"{'RTT under load ms':>18} {'server CPU s/Gbit':>18}"
+        )
+        for row in results["paths"]:
+            cpu = row["server_cpu_s_per_gbit"]
+            lines.append(
+                f"{row['path']:<12} {row['up_mbit']:>10} {row['down_mbit']:>12} "
+                f"{row['idle_rtt_ms']:>12} {row['loaded_rtt_ms']:>18} "
+                f"{'-' if cpu is None else cpu:>18}"
+            )
     if "reconnect" in results:
         r = results["reconnect"]
         lines += [

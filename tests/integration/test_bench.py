@@ -15,7 +15,7 @@ from tests.integration.conftest import REPO
 pytestmark = pytest.mark.netns
 
 
-def test_quick_bench_reconnects_every_device_to_its_address(tmp_path: Path) -> None:
+def test_quick_bench_measures_every_path_and_reconnects_every_device(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
@@ -26,7 +26,10 @@ def test_quick_bench_reconnects_every_device_to_its_address(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reconnect storm, 50 simulated devices" in result.stdout
-    reconnect = json.loads(out.read_text())["reconnect"]
+    results = json.loads(out.read_text())
+    assert [row["path"] for row in results["paths"]] == ["direct", "overlay", "openvpn-tcp"]
+    assert all(row["up_mbit"] > 0 and row["idle_rtt_ms"] > 0 for row in results["paths"])
+    reconnect = results["reconnect"]
     assert reconnect["same_addresses_after_sigterm"] is True
     assert reconnect["same_addresses_after_sigkill"] is True
     assert netns.names("ovlb-") == []
