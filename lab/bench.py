@@ -68,13 +68,18 @@ class Events:
         raise TimeoutError(f"no {event!r} from loadgen within {timeout} s")
 
 
-def reconnect(work: Path, devices: int) -> dict[str, Any]:
+def two_namespaces(work: Path, client: str) -> None:
+    """The server's namespace and ``client``'s, joined by a veth: 198.18.0.1 and .2."""
     work.mkdir(parents=True, exist_ok=True)
     netns.create(SRV)
-    netns.create(GEN)
-    netns.veth(SRV, "eth0", GEN, "eth0")
+    netns.create(client)
+    netns.veth(SRV, "eth0", client, "eth0")
     netns.address(SRV, "eth0", f"{SERVER_IP}/24")
-    netns.address(GEN, "eth0", "198.18.0.2/24")
+    netns.address(client, "eth0", "198.18.0.2/24")
+
+
+def reconnect(work: Path, devices: int) -> dict[str, Any]:
+    two_namespaces(work, GEN)
     password = os.urandom(12).hex()
     (work / "password").write_text(password)
     ca = deploy.pki(work / "pki", [SERVER_IP])
@@ -269,12 +274,7 @@ verb 1
 
 def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
     """Direct veth, the overlay and OpenVPN-TCP between the same two namespaces."""
-    work.mkdir(parents=True, exist_ok=True)
-    netns.create(SRV)
-    netns.create(DEV)
-    netns.veth(SRV, "eth0", DEV, "eth0")
-    netns.address(SRV, "eth0", f"{SERVER_IP}/24")
-    netns.address(DEV, "eth0", "198.18.0.2/24")
+    two_namespaces(work, DEV)
     results = [measure("direct", None, SERVER_IP, seconds, pings)]
 
     password = os.urandom(12).hex()
