@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,23 +114,27 @@ sysName {name}
 sysLocation ovl-lab {name}
 sysContact lab operator
 """)
+    run_snmpd(ns, conf, directory)
+
+
+def run_snmpd(ns: str, conf: Path, directory: Path) -> subprocess.Popen[bytes]:
+    """snmpd in the foreground in ``ns``, with its pid file, log and persistent state in
+    ``directory``: nothing of the system's snmpd is touched."""
     state = directory / "snmp"
-    state.mkdir(exist_ok=True)
-    netns.spawn(
-        ns,
-        [
-            "snmpd",
-            "-f",
-            "-C",
-            "-c",
-            str(conf),
-            "-p",
-            str(directory / "snmpd.pid"),
-            "-Lf",
-            str(directory / "snmpd.log"),
-            "-m",
-            "",
-        ],
-        directory / "snmpd.out",
-        env=os.environ | {"SNMP_PERSISTENT_DIR": str(state)},
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "snmpd",
+        "-f",
+        "-C",
+        "-c",
+        str(conf),
+        "-p",
+        str(directory / "snmpd.pid"),
+        "-Lf",
+        str(directory / "snmpd.log"),
+        "-m",
+        "",
+    ]
+    return netns.spawn(
+        ns, argv, directory / "snmpd.out", env=os.environ | {"SNMP_PERSISTENT_DIR": str(state)}
     )

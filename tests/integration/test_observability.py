@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import deploy, netns
+from lab import deploy, netns, services
 from lab.deploy import BIN
 from tests.integration.conftest import PASSWORD, REPO, SRV, Overlay
 
@@ -153,21 +153,23 @@ def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
         overlay.start_device(overlay.add_device(name))
     assert overlay.server_config is not None
     pcap_file = tmp_path / "dev1.pcap"
-    capture = netns.spawn(
-        SRV,
-        [
+
+    def capture_argv(device: str, file: str, *extra: str) -> list[str]:
+        assert overlay.server_config is not None
+        return [
             str(BIN / "overlay"),
             "capture",
             "--config",
             str(overlay.server_config),
             "--device",
-            "dev1",
+            device,
             "-w",
-            str(pcap_file),
-            "-c",
-            "8",
-        ],
-        tmp_path / "capture.log",
+            file,
+            *extra,
+        ]
+
+    capture = netns.spawn(
+        SRV, capture_argv("dev1", str(pcap_file), "-c", "8"), tmp_path / "capture.log"
     )
     overlay.processes.append(capture)
     time.sleep(0.5)
@@ -181,19 +183,7 @@ def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
     assert sum("169.254.0.1 > 169.254.1.1: ICMP echo reply" in line for line in lines) == 4
     tshark = netns.run(SRV, ["tshark", "-r", str(pcap_file), "-T", "fields", "-e", "ip.src"])
     assert set(tshark.stdout.split()) == {"169.254.1.1", "169.254.0.1"}
-    missing = netns.run(
-        SRV,
-        [
-            str(BIN / "overlay"),
-            "capture",
-            "--config",
-            str(overlay.server_config),
-            "--device",
-            "nobody",
-            "-w",
-            "-",
-        ],
-    )
+    missing = netns.run(SRV, capture_argv("nobody", "-"))
     assert missing.returncode == 1 and "has no lease" in missing.stderr
 
 
@@ -208,27 +198,8 @@ def test_snmpwalk_of_the_server_through_pass_persist(overlay: Overlay, tmp_path:
         f"pass_persist .1.3.6.1.4.1.8072.9999.9999.42 {BIN / 'overlay'} snmp-agent "
         f"--config {overlay.server_config}\n"
     )
-    env = os.environ | {"SNMP_PERSISTENT_DIR": str(tmp_path / "snmp")}
-    overlay.processes.append(
-        netns.spawn(
-            SRV,
-            [
-                "snmpd",
-                "-f",
-                "-C",
-                "-c",
-                str(conf),
-                "-p",
-                str(tmp_path / "snmpd.pid"),
-                "-Lf",
-                str(tmp_path / "snmpd.log"),
-                "-m",
-                "",
-            ],
-            tmp_path / "snmpd.out",
-            env=env,
-        )
-    )
+    overlay.processes.append(services.run_snmpd(SRV, conf, tmp_path))
+    env = services.snmp_env(tmp_path)
     time.sleep(1)
     walk = netns.run(
         SRV,
