@@ -43,6 +43,7 @@ class Drop(enum.Enum):
     MALFORMED = "malformed"  # a frame that does not split into whole IP packets
     SPOOFED = "spoofed"  # a device sent with a source other than its overlay address
     POLICY = "policy"  # the policy does not allow this destination (device isolation included)
+    FLOW_LIMIT = "flow-limit"  # the device address holds as many flows as the firewall allows
     NO_SESSION = "no-session"  # nothing is connected at the destination address
     QUEUE_FULL = "queue-full"  # the tunnel's send queue was full
     TUN_FULL = "tun-full"  # the TUN device refused the write (its queue was full)

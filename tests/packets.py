@@ -7,15 +7,30 @@ import struct
 
 
 def ipv4(
-    src: str, dst: str, proto: int = 17, payload: bytes = b"", sport: int = 1000, dport: int = 161
+    src: str,
+    dst: str,
+    proto: int = 17,
+    payload: bytes = b"",
+    sport: int = 1000,
+    dport: int = 161,
+    tcp_flags: int = 0x02,
+    icmp_type: int = 8,
+    icmp_id: int = 1,
+    ident: int = 0,
+    fragment: int = 0,
 ) -> bytes:
-    """An IPv4 packet; for UDP/TCP a transport header with the ports is put before ``payload``."""
+    """An IPv4 packet; for UDP/TCP/ICMP a transport header is put before ``payload``.
+
+    ``fragment`` is the 16-bit flags and offset field (0x2000: more fragments).
+    """
     if proto == 17:
         body = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     elif proto == 6:
-        body = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x02, 65535, 0, 0) + payload
+        body = (
+            struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, tcp_flags, 65535, 0, 0) + payload
+        )
     elif proto == 1:
-        body = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + payload
+        body = struct.pack("!BBHHH", icmp_type, 0, 0, icmp_id, 1) + payload
     else:
         body = payload
     header = struct.pack(
@@ -23,8 +38,8 @@ def ipv4(
         0x45,
         0,
         20 + len(body),
-        0,
-        0,
+        ident,
+        fragment,
         64,
         proto,
         0,

@@ -1,0 +1,251 @@
+"""The stateful overlay firewall: a flow table per device address. Pure logic.
+
+Theory of operation. Every IPv4 packet between the server side and a device is
+keyed by (protocol, remote address, remote port, device port), the remote
+being the far end on the server side. A packet of a live flow passes and keeps
+the flow alive; a packet of no flow opens one if the rules allow it in its
+direction, or is dropped (``policy``). So replies always pass, and so does
+anything the other side sends within an allowed flow. ICMP echo opens a flow in
+either direction without a rule (ping is an operator's first check); an echo
+reply passes only within one; an ICMP error passes when the packet it quotes
+belongs to a live flow. Non-first fragments pass when their first fragment did.
+
+A device address holds at most ``max_flows`` flows (Allied Telesis' limit on
+the sessions of one device): past it new flows are dropped as ``flow-limit``.
+Flows end after a per-protocol idle time; a TCP flow that saw no reply yet, or
+saw FIN or RST, ends sooner. Like Linux conntrack's default, a TCP packet that
+is not a SYN may open a flow, so connections survive a server restart once the
+side that the rules allow sends again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from struct import unpack_from
+from typing import Any
+
+from overlay.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from overlay.server.rules import FROM_DEVICE, PROTOCOL_NAMES, TO_DEVICE, Ruleset
+from overlay.session import Drop
+
+ICMP_ECHO_REPLY = 0
+ICMP_ECHO_REQUEST = 8
+ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})  # unreachable, quench, redirect, time exceeded, param
+TCP_FIN_OR_RST = 0x05
+MORE_FRAGMENTS = 0x20
+FRAGMENT_TIMEOUT = 30.0
+
+# (protocol, remote address, remote port or ICMP id, device port)
+FlowKey = tuple[int, bytes, int, int]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-device flow limit and idle timeouts in seconds (``[firewall]`` in server.toml)."""
+
+    max_flows: int = 1024
+    tcp: float = 3600.0  # an established TCP flow
+    tcp_opening: float = 30.0  # a TCP flow that saw no reply yet
+    tcp_closing: float = 10.0  # a TCP flow that saw FIN or RST
+    udp: float = 120.0
+    icmp: float = 30.0
+    other: float = 600.0
+
+
+class Flow:
+    """One flow; ``to_device`` tells which side opened it."""
+
+    __slots__ = ("closing", "created", "expires", "packets", "replied", "rule", "to_device")
+
+    def __init__(self, to_device: bool, rule: int | None, now: float) -> None:
+        self.to_device = to_device
+        self.rule = rule  # the number of the rule that allowed it; None for ICMP echo
+        self.created = now
+        self.expires = now
+        self.packets = 0
+        self.replied = False
+        self.closing = False
+
+
+class FlowTable:
+    """The flows of one device address, and the fragments still expected."""
+
+    __slots__ = ("flows", "fragments")
+
+    def __init__(self) -> None:
+        self.flows: dict[FlowKey, Flow] = {}
+        self.fragments: dict[tuple[bytes, int, bytes, bool], float] = {}
+
+    def sweep(self, now: float) -> int:
+        """Forget expired flows and fragments; return how many flows ended."""
+        expired = [key for key, flow in self.flows.items() if flow.expires <= now]
+        for key in expired:
+            del self.flows[key]
+        for fragment in [f for f, until in self.fragments.items() if until <= now]:
+            del self.fragments[fragment]
+        return len(expired)
+
+    def describe(self, now: float, wall: float) -> list[dict[str, Any]]:
+        """The live flows, for ``overlay status DEVICE``."""
+        return [
+            {
+                "protocol": PROTOCOL_NAMES.get(key[0], str(key[0])),
+                "opened_by": "management" if flow.to_device else "device",
+                "remote": ".".join(str(b) for b in key[1]),
+                "remote_port": key[2],
+                "device_port": key[3],
+                "rule": flow.rule,
+                "packets": flow.packets,
+                "state": flow_state(key[0], flow),
+                "since": round(wall - (now - flow.created), 3),
+                "expires_in": round(flow.expires - now, 1),
+            }
+            for key, flow in self.flows.items()
+            if flow.expires > now
+        ]
+
+
+class Firewall:
+    """Decides each packet against a device's flow table and the rules."""
+
+    def __init__(self, ruleset: Ruleset, limits: Limits) -> None:
+        self.ruleset = ruleset
+        self.limits = limits
+        self.opened = 0  # flows opened since the start
+
+    def check(
+        self, table: FlowTable, packet: bytes | memoryview, to_device: bool, now: float
+    ) -> Drop | None:
+        """Return why ``packet`` must be dropped, or None to let it pass.
+
+        ``packet`` is a whole IPv4 packet (the router checked version and
+        length); ``to_device`` is its direction.
+        """
+        header = (packet[0] & 0x0F) << 2
+        protocol = packet[9]
+        remote = bytes(packet[12:16] if to_device else packet[16:20])
+        if packet[6] & 0x1F or packet[7]:  # a fragment offset: no transport header here
+            until = table.fragments.get((bytes(packet[4:6]), protocol, remote, to_device))
+            return None if until is not None and until > now else Drop.POLICY
+        port: int | None = None
+        opens = True  # may this packet open a flow (subject to the rules)?
+        ruled = True  # do the rules decide, or is it ICMP echo (always allowed)?
+        if protocol in (PROTO_TCP, PROTO_UDP):
+            if len(packet) < header + 4:
+                return Drop.MALFORMED
+            key = flow_key(packet, header, protocol, remote, to_device)
+            port = key[3] if to_device else key[2]  # the destination port
+        elif protocol == PROTO_ICMP:
+            if len(packet) < header + 8:
+                return Drop.MALFORMED
+            kind = packet[header]
+            if kind in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+                key = flow_key(packet, header, protocol, remote, to_device)
+                opens = kind == ICMP_ECHO_REQUEST
+                ruled = False
+            elif kind in ICMP_ERRORS:
+                return self._error(table, packet, header + 8, to_device, now)
+            else:
+                key = (protocol, remote, kind, 0)
+        else:
+            key = flow_key(packet, header, protocol, remote, to_device)
+        flows = table.flows
+        flow = flows.get(key)
+        if flow is None or flow.expires <= now:
+            if not opens:
+                return Drop.POLICY
+            number = None
+            if ruled:
+                direction = TO_DEVICE if to_device else FROM_DEVICE
+                rule = self.ruleset.decide(direction, protocol, port, int.from_bytes(remote, "big"))
+                if rule is None or rule.action != "allow":
+                    return Drop.POLICY
+                number = rule.number
+            if len(flows) >= self.limits.max_flows and (
+                table.sweep(now) == 0 or len(flows) >= self.limits.max_flows
+            ):
+                return Drop.FLOW_LIMIT
+            flow = flows[key] = Flow(to_device, number, now)
+            self.opened += 1
+        elif flow.to_device != to_device:
+            flow.replied = True
+        flow.packets += 1
+        limits = self.limits
+        if protocol == PROTO_TCP:
+            if len(packet) >= header + 14 and packet[header + 13] & TCP_FIN_OR_RST:
+                flow.closing = True
+            if flow.closing:
+                flow.expires = now + limits.tcp_closing
+            else:
+                flow.expires = now + (limits.tcp if flow.replied else limits.tcp_opening)
+        elif protocol == PROTO_UDP:
+            flow.expires = now + limits.udp
+        elif protocol == PROTO_ICMP:
+            flow.expires = now + limits.icmp
+        else:
+            flow.expires = now + limits.other
+        if packet[6] & MORE_FRAGMENTS:
+            self._expect_fragments(table, packet, protocol, remote, to_device, now)
+        return None
+
+    def _error(
+        self,
+        table: FlowTable,
+        packet: bytes | memoryview,
+        quoted: int,
+        to_device: bool,
+        now: float,
+    ) -> Drop | None:
+        """An ICMP error passes when the packet it quotes (sent the other way) has a live flow."""
+        if len(packet) < quoted + 20:
+            return Drop.MALFORMED
+        inner = quoted + ((packet[quoted] & 0x0F) << 2)
+        protocol = packet[quoted + 9]
+        if len(packet) < inner + 8:
+            return Drop.MALFORMED
+        # The quoted packet went the other way: towards the remote when the error goes
+        # to the device, towards the device when the error comes from it.
+        remote = bytes(
+            packet[quoted + 16 : quoted + 20] if to_device else packet[quoted + 12 : quoted + 16]
+        )
+        flow = table.flows.get(flow_key(packet, inner, protocol, remote, not to_device))
+        return None if flow is not None and flow.expires > now else Drop.POLICY
+
+    def _expect_fragments(
+        self,
+        table: FlowTable,
+        packet: bytes | memoryview,
+        protocol: int,
+        remote: bytes,
+        to_device: bool,
+        now: float,
+    ) -> None:
+        fragments = table.fragments
+        if len(fragments) >= self.limits.max_flows:
+            table.sweep(now)
+            if len(fragments) >= self.limits.max_flows:
+                return  # the rest of this packet will be dropped: better than growing
+        fragments[(bytes(packet[4:6]), protocol, remote, to_device)] = now + FRAGMENT_TIMEOUT
+
+
+def flow_key(
+    packet: bytes | memoryview, offset: int, protocol: int, remote: bytes, to_device: bool
+) -> FlowKey:
+    """The flow of a packet whose transport header (long enough) starts at ``offset``:
+    ports for TCP and UDP, the identifier for ICMP echo, nothing for other protocols."""
+    if protocol in (PROTO_TCP, PROTO_UDP):
+        source, destination = unpack_from("!HH", packet, offset)
+        if to_device:
+            return (protocol, remote, source, destination)
+        return (protocol, remote, destination, source)
+    if protocol == PROTO_ICMP:
+        return (protocol, remote, unpack_from("!H", packet, offset + 4)[0], 0)
+    return (protocol, remote, 0, 0)
+
+
+def flow_state(protocol: int, flow: Flow) -> str:
+    if protocol != PROTO_TCP:
+        return "answered" if flow.replied else "unanswered"
+    if flow.closing:
+        return "closing"
+    return "established" if flow.replied else "opening"
