@@ -9,6 +9,7 @@ does not set comes from ``[server]``). docs/configuration.md and
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ class VrfConfig:
     source: str | None  # local address to connect from
     own_servers: bool  # urls or password set for this VRF: DHCP does not override them
     insecure: bool  # do not verify the server's certificate (logged at every connect)
+    pins: frozenset[str] = frozenset()  # server public-key pins (base64 SHA-256 of the SPKI)
+    client_cert: Path | None = None  # this device's certificate for mutual TLS, with its key
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,12 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         source=None,
         own_servers=False,
         insecure=server.flag("insecure", False),
+        pins=read_pins(server),
+        client_cert=server.optional_file("client_cert_file"),
+        client_key=server.optional_file("client_key_file"),
     )
+    if (defaults.client_cert is None) != (defaults.client_key is None):
+        server.fail("client_cert_file", "give client_cert_file and client_key_file together")
     vrfs = tuple(read_vrf(t, defaults) for t in vrf_tables) or (defaults,)
     vrfs = name_tuns(root, vrfs)
 
@@ -182,7 +191,27 @@ def read_vrf(table: configfile.Table, defaults: VrfConfig) -> VrfConfig:
         source=source,
         own_servers=own_urls or password is not None,
         insecure=defaults.insecure,
+        pins=defaults.pins,
+        client_cert=defaults.client_cert,
+        client_key=defaults.client_key,
     )
+
+
+def read_pins(server: configfile.Table) -> frozenset[str]:
+    """``pin_sha256``: one or more base64 SHA-256 pins (a second for the next key)."""
+    pins = server.strings("pin_sha256", [])
+    for pin in pins:
+        try:
+            valid = len(base64.b64decode(pin.removeprefix("sha256//"), validate=True)) == 32
+        except ValueError:
+            valid = False
+        if not valid:
+            server.fail(
+                "pin_sha256",
+                f"{pin!r} is not a base64 SHA-256 pin; "
+                "print the server's with: overlay certs pin server.pem",
+            )
+    return frozenset(pin.removeprefix("sha256//") for pin in pins)
 
 
 def name_tuns(root: configfile.Table, vrfs: tuple[VrfConfig, ...]) -> tuple[VrfConfig, ...]:

@@ -36,7 +36,7 @@ from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
 from appliance.vrf import Backend
-from overlay import bridge, log, wire
+from overlay import bridge, certs, log, wire
 from overlay.exceptions import HelloError, TunError
 from overlay.session import Counters, Keepalive
 from overlay.tun import Tun
@@ -46,7 +46,8 @@ MAX_RECEIVE = 16 << 20  # the largest max_message a server may announce
 
 REFUSALS = {
     400: "the server found the request malformed",
-    401: "the server refused the credentials of user {user!r}; check username and password",
+    401: "the server refused the credentials of user {user!r}; check username and password "
+    "(and the client certificate, if the device is enrolled with --require-cert)",
     403: "the server refused device {device!r}: not enrolled, or unbound",
     404: "the server has no tunnel endpoint at {path}; check the path in the URL",
     426: "the server does not speak protocol " + wire.SUBPROTOCOL,
@@ -62,8 +63,39 @@ class TunnelState(enum.Enum):
     STOPPED = "stopped"
 
 
+class PinMismatchError(ssl.SSLCertVerificationError):
+    """The server's public key is none of ``server.pin_sha256``."""
+
+    def __init__(self, pin: str) -> None:
+        super().__init__(f"the server's public key (pin {pin}) matches none of server.pin_sha256")
+        self.pin = pin
+
+
+def pinned(pins: frozenset[str]) -> type[ssl.SSLObject]:
+    """An SSLObject class that refuses a server whose key is not pinned.
+
+    The check runs when the TLS handshake completes, before a single byte of the
+    request (and so of the credentials) is sent. asyncio and uvloop both make
+    their TLS objects from ``SSLContext.sslobject_class``.
+    """
+
+    class PinnedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            der = self.getpeercert(binary_form=True)
+            pin = certs.spki_pin(der) if der else "none"
+            if pin not in pins:
+                raise PinMismatchError(pin)
+
+    return PinnedSSLObject
+
+
 def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
-    """Verify the server's chain and name, TLS 1.2 or newer; ``insecure`` alone turns that off."""
+    """Verify the server's chain and name, TLS 1.2 or newer; ``insecure`` alone turns that off.
+
+    With pins, the server's public key must also be one of them (even when
+    ``insecure``); with a client certificate, the device proves its identity.
+    """
     context = ssl.create_default_context(
         cafile=str(vrf.ca_file) if vrf.ca_file is not None else None
     )
@@ -71,6 +103,10 @@ def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
     if vrf.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if vrf.pins:
+        context.sslobject_class = pinned(vrf.pins)
+    if vrf.client_cert is not None:
+        certs.load_cert_chain(context, vrf.client_cert, vrf.client_key)
     key_log = log.tls_key_log()
     if key_log is not None:
         context.keylog_filename = key_log
@@ -96,6 +132,13 @@ def explain(
         template = REFUSALS.get(exc.status, "the server refused the tunnel")
         message = template.format(user=vrf.username, device=device_id, path=target.path)
         return RefusedError(f"{url}: {message} (HTTP {exc.status})", exc.status)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError) and isinstance(
+        exc.certificate_error, PinMismatchError
+    ):
+        return CertificateError(
+            f"{url}: {exc.certificate_error}; if the server's key changed on purpose, add its "
+            "pin (overlay certs pin server.pem)"
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         name = vrf.server_name or target.host
         reason = getattr(exc.certificate_error, "verify_message", None) or str(

@@ -1,23 +1,39 @@
-"""Development certificates, made with trustme: a CA, a server certificate, the CA file for devices.
+"""Certificates: development ones made with trustme, public-key pins, client identities.
 
-For labs and tests only. trustme keeps the CA key in memory and throws it away,
-so no one can issue more certificates from this CA later; real deployments
-bring certificates from their own PKI (see certs/README.md).
+``init`` makes a CA, a server certificate and the CA file for devices; trustme
+keeps that CA's key in memory and throws it away, so no one can issue more
+server certificates from it. ``issue_clients`` makes device certificates for
+mutual TLS from a separate client CA whose key it keeps (mode 0600) so more
+devices can follow. Both are for labs and tests; real deployments bring
+certificates from their own PKI (see certs/README.md).
+
+``spki_pin`` is the pin a device checks the server's key against: the base64
+SHA-256 of the DER SubjectPublicKeyInfo, the same value as curl's
+``--pinnedpubkey sha256//…`` and RFC 7469, so it survives a renewed
+certificate as long as the key stays.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from overlay.exceptions import ConfigError
 
 CA_FILE = "ca.pem"
 CERT_FILE = "server.pem"
 KEY_FILE = "server.key"
+CLIENT_CA_FILE = "client-ca.pem"
+CLIENT_CA_KEY = "client-ca.key"
 
 
 def init(directory: Path, names: list[str]) -> list[Path]:
@@ -45,7 +61,82 @@ def init(directory: Path, names: list[str]) -> list[Path]:
     with open(cert_path, "wb") as out:
         for pem in cert.cert_chain_pems:
             out.write(pem.bytes())
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(cert.private_key_pem.bytes())
+    write_private(key_path, cert.private_key_pem.bytes())
     return [ca_path, cert_path, key_path]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by its owner only; never over an existing file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def issue_clients(directory: Path, devices: list[str]) -> list[Path]:
+    """Client certificates (``ID.pem`` with its key) naming each device, from the client CA
+    in ``directory`` (made on first use: client-ca.pem for auth.client_ca_file)."""
+    ca_path, ca_key = directory / CLIENT_CA_FILE, directory / CLIENT_CA_KEY
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    if ca_key.exists():
+        ca = trustme.CA.from_pem(ca_path.read_bytes(), ca_key.read_bytes())
+    else:
+        ca = trustme.CA(organization_name="overlay development client CA")
+        ca.cert_pem.write_to_path(str(ca_path))
+        write_private(ca_key, ca.private_key_pem.bytes())
+        written.append(ca_path)
+    for device in devices:
+        cert_path = directory / f"{device}.pem"
+        if cert_path.exists():
+            raise ConfigError(f"{cert_path} exists already; remove it first to issue a new one")
+        try:
+            cert = ca.issue_cert(device, common_name=device)
+        except ValueError as exc:
+            raise ConfigError(
+                f"cannot make a development certificate for {device!r} ({exc}); "
+                "use your own PKI for such ids"
+            ) from None
+        with open(cert_path, "wb") as out:
+            for pem in cert.cert_chain_pems:
+                out.write(pem.bytes())
+        write_private(directory / f"{device}.key", cert.private_key_pem.bytes())
+        written += [cert_path, directory / f"{device}.key"]
+    return written
+
+
+def spki_pin(der: bytes) -> str:
+    """The pin of a DER certificate's public key (base64 SHA-256 of its SubjectPublicKeyInfo)."""
+    key = x509.load_der_x509_certificate(der).public_key()
+    digest = hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    return base64.b64encode(digest.digest()).decode()
+
+
+def pin_of_file(path: Path) -> str:
+    """The pin of the first certificate in a PEM file (``overlay certs pin``)."""
+    try:
+        pem = path.read_text()
+        return spki_pin(
+            ssl.PEM_cert_to_DER_cert(pem[: pem.index("-----END CERTIFICATE-----") + 25])
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable PEM certificate ({exc})") from None
+
+
+def certificate_names(peercert: dict[str, Any] | None) -> set[str]:
+    """The names a verified peer certificate (``SSLSocket.getpeercert()``) gives: its
+    subject's common name and its DNS subject alternative names."""
+    if not peercert:
+        return set()
+    names = {
+        value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"
+    }
+    names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
+    return names
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:
+    """Load a certificate and its key into ``context``, or raise one clear ConfigError."""
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc}") from None

@@ -8,7 +8,8 @@ edits the files itself when no server runs.
 
 A device either has its own password (stored as a scrypt hash; it then
 authenticates with its device id as the username) or uses the shared OVOC-style
-credential of ``[auth]``.
+credential of ``[auth]``. A device enrolled with ``client_cert`` must also
+present a certificate from ``auth.client_ca_file`` that names it (mutual TLS).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     password_hash TEXT,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    client_cert INTEGER NOT NULL DEFAULT 0
 )
 """
+COLUMNS = "id, password_hash, created, client_cert"
 
 
 @dataclass(frozen=True)
@@ -35,28 +38,40 @@ class Enrollment:
     device: str
     password_hash: str | None  # None: the shared credential applies
     created: float
+    client_cert: bool = False  # must present a client certificate naming it
 
 
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = connect(path, "device registry", SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+        if "client_cert" not in columns:  # a registry from before mutual TLS: keep every row
+            self._db.execute(
+                "ALTER TABLE devices ADD COLUMN client_cert INTEGER NOT NULL DEFAULT 0"
+            )
 
     def get(self, device: str) -> Enrollment | None:
-        row = self._query("SELECT id, password_hash, created FROM devices WHERE id = ?", device)
-        return Enrollment(*row[0]) if row else None
+        row = self._query(f"SELECT {COLUMNS} FROM devices WHERE id = ?", device)
+        return self._enrollment(row[0]) if row else None
 
-    def add(self, device: str, password_hash: str | None) -> Enrollment:
-        """Enroll ``device``; enrolling it again replaces its password."""
-        enrollment = Enrollment(device, password_hash, time.time())
+    def add(self, device: str, password_hash: str | None, client_cert: bool = False) -> Enrollment:
+        """Enroll ``device``; enrolling it again replaces its password and certificate need."""
+        enrollment = Enrollment(device, password_hash, time.time(), client_cert)
         self._query(
-            "INSERT INTO devices (id, password_hash, created) VALUES (?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash",
+            "INSERT INTO devices (id, password_hash, created, client_cert) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
+            "client_cert = excluded.client_cert",
             device,
             password_hash,
             enrollment.created,
+            int(client_cert),
         )
         return enrollment
+
+    @staticmethod
+    def _enrollment(row: tuple[str, str | None, float, int]) -> Enrollment:
+        return Enrollment(row[0], row[1], row[2], bool(row[3]))
 
     def remove(self, device: str) -> bool:
         return self._execute("DELETE FROM devices WHERE id = ?", device) > 0
@@ -65,13 +80,13 @@ class Registry:
         return int(self._db.execute("SELECT count(*) FROM devices").fetchone()[0])
 
     def all(self) -> list[Enrollment]:
-        rows = self._query("SELECT id, password_hash, created FROM devices ORDER BY id")
-        return [Enrollment(*row) for row in rows]
+        rows = self._query(f"SELECT {COLUMNS} FROM devices ORDER BY id")
+        return [self._enrollment(row) for row in rows]
 
     def close(self) -> None:
         self._db.close()
 
-    def _query(self, sql: str, *args: object) -> list[tuple[str, str | None, float]]:
+    def _query(self, sql: str, *args: object) -> list[tuple[str, str | None, float, int]]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
