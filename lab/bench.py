@@ -39,6 +39,8 @@ PREFIX = "ovlb-"
 SRV, GEN = "ovlb-srv", "ovlb-gen"
 SERVER_IP = "198.18.0.1"
 REPO = Path(__file__).resolve().parents[1]
+# iperf3 on the server's overlay address: the device opens its flows (both with -R).
+IPERF_RULE = deploy.firewall_rules('direction = "from-device"\nprotocol = "tcp"\nports = "5201"')
 
 
 def rss_kib(pid: int) -> int:
@@ -279,7 +281,9 @@ def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
 
     password = os.urandom(12).hex()
     ca = deploy.pki(work / "pki", [SERVER_IP])
-    config = deploy.server_config(work / "server", work / "pki", password, host=SERVER_IP)
+    config = deploy.server_config(
+        work / "server", work / "pki", password, host=SERVER_IP, extra=IPERF_RULE
+    )
     server = deploy.start_server(SRV, config)
     device = deploy.appliance_config(
         work / "dev", "bench", [f"wss://{SERVER_IP}/tun"], ca, password

@@ -31,6 +31,13 @@ def pki(directory: Path, names: list[str]) -> Path:
     return directory / certs.CA_FILE
 
 
+def firewall_rules(*rules: str) -> str:
+    """``[[firewall.rule]]`` tables: the default ovoc-management profile, then ``rules``,
+    each the inside of one table (``'direction = "to-device"\\nports = "7"'``)."""
+    tables = ['profile = "ovoc-management"', *rules]
+    return "".join(f"\n[[firewall.rule]]\n{table}\n" for table in tables)
+
+
 def server_config(
     directory: Path,
     pki_dir: Path,

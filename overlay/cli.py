@@ -2,6 +2,8 @@
 
 overlay serve --config server.toml     run the server
 overlay status --config server.toml    sessions, leases and counters of the running server
+overlay rule list|add|delete|move|renumber|reset|profiles --config server.toml
+                                       the firewall rules, changed at run time
 overlay certs init DIR --name NAME…    development certificates (trustme)
 overlay hash-password                  hash a tunnel password for server.toml
 overlay example-config                 print a commented server.toml
@@ -23,12 +25,14 @@ from typing import Any
 import aiohttp
 
 from overlay import certs, control, log, process, wire
-from overlay.exceptions import ControlError, OverlayError
+from overlay.exceptions import CommandError, ControlError, OverlayError
 from overlay.server import auth, snmp
 from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
 from overlay.server.leases import LeaseStore, read_leases
 from overlay.server.qoe import ReportStore
 from overlay.server.registry import Registry
+from overlay.server.rulebook import Rulebook
+from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
 
 MIN_PASSWORD = 8
 
@@ -58,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="names",
         help="DNS name or IP address of the server (repeat for several)",
     )
+    client = certs_commands.add_parser(
+        "client", help="device certificates for mutual TLS, from a client CA kept in DIR"
+    )
+    client.add_argument("directory", type=Path, metavar="DIR")
+    client.add_argument("devices", nargs="+", metavar="ID", help="device ids to issue for")
+    pin = certs_commands.add_parser(
+        "pin", help="print the public-key pin of a certificate (for server.pin_sha256)"
+    )
+    pin.add_argument("file", type=Path, metavar="PEM")
 
     device = commands.add_parser("device", help="the device registry: add, list, remove, unbind")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -68,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--generate", action="store_true", help="give it a strong password of its own, printed once"
     )
     secret.add_argument("--password-file", type=Path, help="its own password, from a file")
+    add.add_argument(
+        "--require-cert",
+        action="store_true",
+        help="it must also present a client certificate naming it (needs auth.client_ca_file)",
+    )
     for name, text in (
         ("list", "list enrolled devices"),
         ("remove", "close its tunnels (4003), release its leases, un-enroll it"),
@@ -79,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in device_commands.choices.values():
         sub.add_argument("--config", required=True, type=Path, help="server.toml")
     device_commands.choices["list"].add_argument("--json", action="store_true")
+
+    add_rule_parser(commands)
 
     capture = commands.add_parser(
         "capture", help="write what the server forwards for a device (both ways) as pcap"
@@ -121,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 data = only_device(data, args.device)
                 if not data["sessions"] and not data["leases"]:
                     return process.fail(f"no session and no lease for device {args.device!r}")
+                flows = asyncio.run(
+                    control.command(config.control_socket, "flows", {"device": args.device})
+                )
+                data["flows"] = flows["flows"]
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
         if args.command == "snmp-agent":
@@ -130,11 +154,20 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(capture(config, args.device, args.file, args.count, args.seconds))
         if args.command == "device":
             return devices(args, load_server_config(args.config))
+        if args.command == "rule":
+            return rule(args, load_server_config(args.config))
         if args.command == "qoe":
             config = load_server_config(args.config)
             return list_qoe(config.qoe_file, args.device, args.limit, args.json)
         if args.command == "certs":
-            for path in certs.init(args.directory, args.names):
+            if args.certs_command == "pin":
+                print(certs.pin_of_file(args.file))
+                return 0
+            if args.certs_command == "client":
+                written = certs.issue_clients(args.directory, args.devices)
+            else:
+                written = certs.init(args.directory, args.names)
+            for path in written:
                 print(path)
             return 0
         if args.command == "hash-password":
@@ -147,6 +180,112 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def add_rule_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "rule", help="the firewall rules: list, add, delete, move, renumber, reset, profiles"
+    )
+    actions = parser.add_subparsers(dest="rule_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the rules in order, with their hit counts")
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add = actions.add_parser("add", help="add a rule (at --number, else after the last)")
+    add.add_argument("--number", type=int, help="its number: a free one places it in the order")
+    add.add_argument("--action", choices=("allow", "deny"), default="allow")
+    add.add_argument("--profile", help="every entry of this profile (see: rule profiles)")
+    add.add_argument("--direction", choices=DIRECTIONS, help="who opens the flow")
+    add.add_argument("--protocol", choices=tuple(PROTOCOLS), help="default: any")
+    add.add_argument("--ports", help="destination ports: 161, 80,443 or 16384-32767")
+    add.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="CIDR",
+        help="only from this management range (to-device flows; repeatable)",
+    )
+    add.add_argument(
+        "--destination",
+        action="append",
+        dest="destinations",
+        metavar="CIDR",
+        help="only to this service range (from-device flows; repeatable)",
+    )
+    add.add_argument("--comment", help="a note for the next operator")
+    delete = actions.add_parser("delete", help="delete rule NUMBER")
+    delete.add_argument("number", type=int)
+    move = actions.add_parser("move", help="give rule NUMBER the free number TO")
+    move.add_argument("number", type=int)
+    move.add_argument("to", type=int)
+    renumber = actions.add_parser("renumber", help="number the rules 10, 20, 30… in order")
+    renumber.add_argument("--start", type=int, default=STEP)
+    renumber.add_argument("--step", type=int, default=STEP)
+    actions.add_parser("reset", help="forget run-time changes: back to the config's rules")
+    profiles = actions.add_parser("profiles", help="the profiles rules can name, with entries")
+    profiles.add_argument("name", nargs="?", help="only this profile")
+    for sub in actions.choices.values():
+        sub.add_argument("--config", required=True, type=Path, help="server.toml")
+
+
+def rule(args: argparse.Namespace, config: ServerConfig) -> int:
+    """``overlay rule …``: through the running server (which applies the change at once and
+    saves it), or straight to the state file when no server runs."""
+    if args.rule_command == "profiles":
+        return list_profiles(config, args.name)
+    command: dict[str, Any] = {"op": args.rule_command}
+    if args.rule_command == "add":
+        command["number"] = args.number
+        command["rule"] = {
+            key: getattr(args, key) for key in SPEC_KEYS if getattr(args, key) is not None
+        }
+    elif args.rule_command in ("delete", "move"):
+        command["number"] = args.number
+        if args.rule_command == "move":
+            command["to"] = args.to
+    elif args.rule_command == "renumber":
+        command |= {"start": args.start, "step": args.step}
+    try:
+        result = asyncio.run(control.command(config.control_socket, "rules", command))
+    except ControlError:  # no server runs: change the saved rules it will start with
+        result = Rulebook(config.firewall, config.rules_file).change(command)
+    except CommandError as exc:
+        return process.fail(str(exc))
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_rules(result))
+    return 0
+
+
+def format_rules(result: dict[str, Any]) -> str:
+    lines = [f"{'NUMBER':>6}  {'ACTION':<6} {'MATCH':<40} {'HITS':>8}  COMMENT"]
+    for r in result["rules"]:
+        if "profile" in r:
+            match = f"profile {r['profile']}"
+        else:
+            match = f"{r['direction']} {r['protocol']} {r.get('ports', 'any')}"
+        for key, word in (("sources", "from"), ("destinations", "to")):
+            if key in r:
+                match += f" {word} {','.join(r[key])}"
+        lines.append(
+            f"{r['number']:>6}  {r['action']:<6} {match:<40} {r['hits']:>8}  "
+            f"{r.get('comment', '')}".rstrip()
+        )
+    lines.append(f"{'-':>6}  {'deny':<6} {'anything else':<40} {result['unmatched']:>8}")
+    lines.append(f"rules from: {result['source']}")
+    return "\n".join(lines)
+
+
+def list_profiles(config: ServerConfig, name: str | None) -> int:
+    profiles = config.firewall.profiles
+    if name is not None and name not in profiles:
+        return process.fail(f"no profile named {name!r}; known: {', '.join(sorted(profiles))}")
+    for profile in profiles.values():
+        if name is not None and profile.name != name:
+            continue
+        print(f"{profile.name}: {profile.description}")
+        for entry in profile.entries:
+            print(f"  {entry.describe():<36} {entry.purpose}")
+    return 0
 
 
 def list_qoe(path: Path, device: str | None, limit: int, as_json: bool) -> int:
@@ -206,8 +345,13 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
                 "the server has no shared credential (auth.password_hash): "
                 "give the device its own with --generate or --password-file"
             )
+        if args.require_cert and config.client_ca_file is None:
+            return process.fail(
+                "--require-cert needs auth.client_ca_file in the server config: "
+                "the CA that issues device certificates"
+            )
         registry = Registry(config.registry_file)
-        registry.add(args.id, auth.hash_password(password) if password else None)
+        registry.add(args.id, auth.hash_password(password) if password else None, args.require_cert)
         registry.close()
         if args.generate:
             print(
@@ -218,6 +362,7 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
             print(
                 f"{args.id} enrolled, logging in with "
                 f"{'its own password' if password else 'the shared credential'}"
+                f"{' and a client certificate' if args.require_cert else ''}"
             )
         return 0
     if args.device_command == "list":
@@ -229,6 +374,7 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
             {
                 "device": e.device,
                 "own_password": e.password_hash is not None,
+                "client_cert": e.client_cert,
                 "enrolled": e.created,
                 "leases": [
                     f"{lease.vrf}={lease.address}" for lease in leases if lease.device == e.device
@@ -242,7 +388,9 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
         print(f"{'DEVICE':<24} {'LOGIN':<16} {'ENROLLED':<20} LEASES")
         for row in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["enrolled"]))
-            login = "own password" if row["own_password"] else "shared"
+            login = ("own password" if row["own_password"] else "shared") + (
+                "+cert" if row["client_cert"] else ""
+            )
             print(f"{row['device']:<24} {login:<16} {when:<20} {' '.join(row['leases']) or '-'}")
         return 0
     try:
@@ -377,10 +525,40 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(
         "drops: " + (", ".join(f"{k}={v}" for k, v in sorted(data["drops"].items())) or "none")
     )
+    if "flows" not in data:  # the whole server (one device's view lists its flows last)
+        firewall = data["firewall"]
+        lines.append(
+            f"firewall: {firewall['rules']} rules (from {firewall['rules_from']}), "
+            f"{firewall['flows']} flows, {firewall['opened']} opened, "
+            f"{firewall['unmatched']} denied by no rule"
+        )
     lines.append(
         "refusals: "
         + (", ".join(f"{k}={v}" for k, v in sorted(data["refusals"].items())) or "none")
     )
+    if "flows" in data:
+        lines += ["", format_flows(data["flows"])]
+    return "\n".join(lines)
+
+
+def format_flows(flows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"flows: {len(flows)}",
+        f"{'VRF':<10} {'PROTO':<5} {'OPENED BY':<10} {'REMOTE':<21} {'DEVICE PORT':<21} "
+        f"{'STATE':<11} {'RULE':>4} {'PKTS':>7} {'ENDS IN':>8}",
+    ]
+    for f in sorted(flows, key=lambda f: (f["vrf"], f["protocol"], f["device_port"])):
+        if f["protocol"] == "icmp":  # echo: the identifier instead of ports
+            remote, device = f["remote"], f"{f['address']} id {f['remote_port']}"
+        else:
+            remote = f"{f['remote']}:{f['remote_port']}"
+            device = f"{f['address']}:{f['device_port']}"
+        lines.append(
+            f"{f['vrf']:<10} {f['protocol']:<5} {f['opened_by']:<10} {remote:<21} "
+            f"{device:<21} {f['state']:<11} "
+            f"{f['rule'] if f['rule'] is not None else '-':>4} {f['packets']:>7} "
+            f"{f['expires_in']:>7.0f}s"
+        )
     return "\n".join(lines)
 
 

@@ -54,6 +54,10 @@ class Table:
             return default
         return self._data[key]
 
+    def fail_here(self, message: str) -> NoReturn:
+        """Refuse the table as a whole (for checks that involve several of its keys)."""
+        raise ConfigError(f"{self.path}: {self._prefix.rstrip('.') or 'top level'}: {message}")
+
     def table(self, key: str, required: bool = False) -> Table:
         value = self._get(key, {}, required)
         if not isinstance(value, dict):
@@ -66,6 +70,10 @@ class Table:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             self.fail(key, f"must be an array of tables ([[{key}]])")
         return [Table(v, self.path, f"{self._name(key)}[{i}].") for i, v in enumerate(value)]
+
+    def raw(self, key: str) -> Any:
+        """The value as TOML gave it, for keys that take more than one type."""
+        return self._data.get(key)
 
     def has(self, key: str) -> bool:
         return key in self._data

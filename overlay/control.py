@@ -1,5 +1,10 @@
 """The local control socket of a running server or agent: ``GET /status`` as JSON.
 
+Also ``POST /actions/NAME/ARG`` (unbind a device…) and ``POST /commands/NAME``
+with a JSON body (change the firewall rules…); a command the process refuses
+is answered 400 with the one-line reason, which :func:`command` raises as
+:class:`CommandError`.
+
 A Unix socket, not TCP: file permissions (0600, root) are its access control,
 and it is reachable from any network namespace, so ``overlay status`` works
 wherever the operator's shell is.
@@ -16,11 +21,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from overlay.exceptions import ControlError
+from overlay.exceptions import CommandError, ControlError, OverlayError
 
 StatusSource = Callable[[], dict[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Action = Callable[[str], Awaitable[dict[str, Any]]]
+Command = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 async def start(
@@ -28,6 +34,7 @@ async def start(
     status: StatusSource,
     actions: Mapping[str, Action] | None = None,
     streams: Mapping[str, Handler] | None = None,
+    commands: Mapping[str, Command] | None = None,
 ) -> web.AppRunner:
     """Serve ``status()`` at ``GET /status`` and ``actions`` at ``POST /actions/NAME/ARG``."""
 
@@ -40,9 +47,25 @@ async def start(
             raise web.HTTPNotFound(text="no such action")
         return web.json_response(await action(request.match_info["arg"]))
 
+    async def handle_command(request: web.Request) -> web.Response:
+        command = (commands or {}).get(request.match_info["name"])
+        if command is None:
+            raise web.HTTPNotFound(text="no such command")
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return web.json_response({"error": f"bad command body: {exc}"}, status=400)
+        try:
+            return web.json_response(command(body))
+        except OverlayError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+
     app = web.Application()
     app.router.add_get("/status", handle_status)
     app.router.add_post("/actions/{name}/{arg}", handle_action)
+    app.router.add_post("/commands/{name}", handle_command)
     for name, handler in (streams or {}).items():
         app.router.add_get(f"/{name}", handler)
     runner = web.AppRunner(app, access_log=None)
@@ -73,6 +96,26 @@ async def act(path: Path, name: str, arg: str) -> dict[str, Any]:
             return data
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise ControlError(f"cannot reach {path}: {exc}; is the process running?") from None
+
+
+async def command(path: Path, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Send command ``name`` to the process behind ``path``; raise CommandError if refused."""
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                f"http://local/commands/{name}",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response,
+        ):
+            data: dict[str, Any] = await response.json()
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ControlError(f"cannot reach {path}: {exc}; is the process running?") from None
+    if response.status != 200:
+        raise CommandError(str(data.get("error", f"refused with HTTP {response.status}")))
+    return data
 
 
 async def fetch_status(path: Path) -> dict[str, Any]:

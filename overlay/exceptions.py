@@ -9,7 +9,8 @@ Tree::
     ├── PoolExhaustedError   no free overlay address is left in the pool
     ├── StoreError           a store (leases, QoE reports) cannot be opened, read or written
     ├── TunError (OSError)   a TUN device cannot be created or configured
-    └── ControlError         the local control socket of a running process cannot be reached
+    ├── ControlError         the local control socket of a running process cannot be reached
+    └── CommandError         a running process refused a command; the message says why
 
 Every message is one line meant for an operator: what is wrong and what to do.
 """
@@ -47,3 +48,7 @@ class TunError(OverlayError, OSError):
 
 class ControlError(OverlayError):
     """The control socket of a running server or agent cannot be reached."""
+
+
+class CommandError(OverlayError):
+    """A running server refused a command sent over its control socket."""

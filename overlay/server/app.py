@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 
-from overlay import control, wire
+from overlay import certs, control, wire
 from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
@@ -31,6 +31,7 @@ from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.capture import capture_handler
 from overlay.server.config import ServerConfig
+from overlay.server.firewall import Firewall
 from overlay.server.gate import Gate
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.leases import LeaseStore
@@ -39,6 +40,7 @@ from overlay.server.qoe import MAX_REPORT, Collector, ReportStore
 from overlay.server.ratelimit import FailureLimiter
 from overlay.server.registry import Enrollment, Registry
 from overlay.server.router import Router
+from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.session import Counters
 from overlay.tun import Tun
@@ -48,19 +50,27 @@ T = TypeVar("T")
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:
-    """TLS 1.2 or newer with the library's default (strong) ciphers and no compression."""
+    """TLS 1.2 or newer with the library's default (strong) ciphers and no compression.
+
+    With ``auth.client_ca_file``, devices are asked for a certificate from that CA;
+    sending none is allowed here, and refused later for devices enrolled with
+    ``--require-cert``.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION
     key_log = overlay_log.tls_key_log()
     if key_log is not None:
         context.keylog_filename = key_log
-    try:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"cannot load certificate {config.cert_file} with key {config.key_file}: {exc}"
-        ) from None
+    certs.load_cert_chain(context, config.cert_file, config.key_file)
+    if config.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=config.client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"auth.client_ca_file: cannot load {config.client_ca_file}: {exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -74,14 +84,17 @@ class Server:
         registry: Registry,
         tun: Tun,
         collector: Collector | None,
+        rulebook: Rulebook,
     ) -> None:
         self.config = config
         self.store = store
         self.registry = registry
         self.tun = tun
         self.collector = collector
+        self.rulebook = rulebook
         self.checker = Checker()
-        self.router = Router(tun, Policy(), batch_bytes=config.max_message)
+        self.firewall = Firewall(rulebook.ruleset, config.firewall.limits)
+        self.router = Router(tun, Policy(), self.firewall, batch_bytes=config.max_message)
         self.refusals: Counter[str] = Counter()
         self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
         self.gate = Gate(config.max_pending, config.handshake_timeout, self.refusals)
@@ -164,6 +177,17 @@ class Server:
             return self._refuse(
                 request, Refusal(403, "not-enrolled", "device not enrolled"), checked.device
             )
+        if enrollment is not None and enrollment.client_cert:
+            transport = request.transport
+            peercert = transport.get_extra_info("peercert") if transport is not None else None
+            names = certs.certificate_names(peercert)
+            if checked.device not in names:
+                self._failed(source, now)
+                return self._refuse(
+                    request,
+                    Refusal(401, "client-certificate", "no client certificate naming the device"),
+                    checked.device,
+                )
         expected = self.expected(enrollment)
         if expected is None or not await self._authenticate(expected, checked):
             self._failed(source, now)
@@ -225,6 +249,8 @@ class Server:
         for session in self._sessions:
             totals.merge(session.counters)
         totals.drops.update(self.router.drops)
+        flows = {a: len(t.flows) for a, t in self.router.flows.items()}
+        sessions = [s.status() | {"flows": flows.get(s.address_bytes, 0)} for s in self._sessions]
         return {
             "server": {
                 "overlay": str(self.config.address),
@@ -238,7 +264,7 @@ class Server:
                 "handshakes": self.handshakes,
                 "enrolled": self.registry.count(),
             },
-            "sessions": sorted((s.status() for s in self._sessions), key=lambda s: s["address"]),
+            "sessions": sorted(sessions, key=lambda s: s["address"]),
             "leases": [
                 {"device": lease.device, "vrf": lease.vrf, "address": str(lease.address)}
                 for lease in self.store.all()
@@ -247,7 +273,43 @@ class Server:
             "drops": dict(totals.drops),
             "totals": totals.as_dict(),
             "qoe": dict(self.collector.counters) if self.collector else None,
+            "firewall": {
+                "rules": len(self.rulebook.ruleset.rules),
+                "rules_from": "state" if self.rulebook.changed else "config",
+                "flows": sum(flows.values()),
+                "opened": self.firewall.opened,
+                "unmatched": self.rulebook.ruleset.unmatched,
+                "hits": [(r.number, r.action, r.hits) for r in self.rulebook.ruleset.rules],
+                "max_flows": self.config.firewall.limits.max_flows,
+            },
         }
+
+    def change_rules(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``overlay rule …``: change the running rules (and save them); flows stay."""
+        result = self.rulebook.change(command)
+        if command.get("op") != "list":
+            log.info(
+                "firewall rules changed",
+                op=command.get("op"),
+                rules=[f"{r['number']}:{r['action']}" for r in result["rules"]],
+            )
+        return result
+
+    def flows(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The live flows of one device's addresses (``overlay status DEVICE``)."""
+        device = command.get("device")
+        now, wall = time.monotonic(), time.time()
+        result = []
+        for lease in self.store.all():
+            if lease.device != device:
+                continue
+            table = self.router.flows.get(lease.address.packed)
+            if table is not None:
+                result += [
+                    {"vrf": lease.vrf, "address": str(lease.address), **flow}
+                    for flow in table.describe(now, wall)
+                ]
+        return {"device": device, "flows": result}
 
     async def unbind(self, device: str) -> dict[str, Any]:
         """Close the device's sessions (4003) and release its leases: a replacement unit with
@@ -293,6 +355,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     context = tls_context(config)
     await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    rulebook = Rulebook(config.firewall, config.rules_file)
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         store = LeaseStore(config.lease_file, config.pool)
@@ -320,7 +383,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
         registry = Registry(config.registry_file)
         stack.callback(registry.close)
-        server = Server(config, store, registry, tun, collector)
+        server = Server(config, store, registry, tun, collector, rulebook)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -354,10 +417,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             server.status,
             {"unbind": server.unbind, "remove": server.remove},
             {"capture": capture_handler(server.router, store)},
+            {"rules": server.change_rules, "flows": server.flows},
         )
         stack.push_async_callback(control_runner.cleanup)
         router = asyncio.create_task(server.router.run())
         stack.push_async_callback(cancel, router)
+        sweeper = asyncio.create_task(server.router.sweep())
+        stack.push_async_callback(cancel, sweeper)
 
         log.info(
             "server listening",
@@ -367,6 +433,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             tun=tun.name,
             leases=len(store),
             qoe=config.qoe_port,
+            rules=len(rulebook.ruleset.rules),
+            rules_from=str(config.rules_file) if rulebook.changed else "config",
         )
         await stop.wait()
         log.info("server stopping", sessions=len(server.router.by_key))

@@ -8,13 +8,23 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from overlay import configfile, log, wire
 from overlay.addressing import DEFAULT_POOL, OVERLAY, AddressPool
 from overlay.exceptions import ConfigError
+from overlay.server import rules
 from overlay.server.auth import Credentials, PasswordHash
+from overlay.server.firewall import Limits
 
 EXAMPLE = Path(__file__).with_name("example.toml")
+
+
+@dataclass(frozen=True)
+class FirewallConfig:
+    limits: Limits
+    profiles: dict[str, rules.Profile]  # built-in ones and the operator's
+    rules: list[dict[str, Any]]  # the config's rules, as specs with their numbers
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class ServerConfig:
     queue_bytes: int
     shared: Credentials | None  # the shared OVOC-style credential, if any
     auto_enroll: bool
+    client_ca_file: Path | None  # CA of device certificates (mutual TLS); None: not asked for
     allow_weak_password: bool
     max_failures: int
     failure_window: float
@@ -46,6 +57,7 @@ class ServerConfig:
     admin: tuple[str, int] | None  # host and port of the admin listener, None when off
     admin_token_file: Path
     metrics_need_token: bool
+    firewall: FirewallConfig
 
     @property
     def qoe_file(self) -> Path:
@@ -65,6 +77,11 @@ class ServerConfig:
         return self.state_dir / "leases.sqlite"
 
     @property
+    def rules_file(self) -> Path:
+        """The rules as changed at run time (``overlay rule …``); absent until then."""
+        return self.state_dir / "firewall-rules.json"
+
+    @property
     def control_socket(self) -> Path:
         return self.state_dir / "control.sock"
 
@@ -78,6 +95,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     logging = root.table("log")
     qoe = root.table("qoe")
     admin = root.table("admin")
+    firewall = root.table("firewall")
 
     url_path = listen.string("path", wire.DEFAULT_PATH)
     if not url_path.startswith("/"):
@@ -122,6 +140,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         queue_bytes=overlay.integer("queue_bytes", 131072, low=mtu, high=64 << 20),
         shared=shared,
         auto_enroll=auth.flag("auto_enroll", False),
+        client_ca_file=auth.optional_file("client_ca_file"),
         allow_weak_password=auth.flag("allow_weak_password", False),
         max_failures=auth.integer("max_failures", 10, low=1, high=10000),
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
@@ -136,10 +155,62 @@ def load_server_config(path: str | Path) -> ServerConfig:
             root.path, admin.string("token_file", str(state_dir / "admin-token"))
         ),
         metrics_need_token=admin.flag("metrics_need_token", False),
+        firewall=firewall_config(firewall),
     )
-    for table in (listen, overlay, auth, state, logging, qoe, admin, root):
+    for table in (listen, overlay, auth, state, logging, qoe, admin, firewall, root):
         table.done()
     return config
+
+
+def firewall_config(table: configfile.Table) -> FirewallConfig:
+    limits = Limits(
+        max_flows=table.integer("max_flows", Limits.max_flows, low=1, high=1_000_000),
+        tcp=table.number("tcp_timeout", Limits.tcp, low=1, high=604800),
+        tcp_opening=table.number("tcp_opening_timeout", Limits.tcp_opening, low=1, high=3600),
+        tcp_closing=table.number("tcp_closing_timeout", Limits.tcp_closing, low=1, high=3600),
+        udp=table.number("udp_timeout", Limits.udp, low=1, high=604800),
+        icmp=table.number("icmp_timeout", Limits.icmp, low=1, high=3600),
+        other=table.number("other_timeout", Limits.other, low=1, high=604800),
+    )
+    profiles_dir = table.optional_str("profiles_dir")
+    try:
+        profiles = rules.load_profiles(
+            path_relative(table.path, profiles_dir) if profiles_dir else None
+        )
+    except ConfigError as exc:
+        table.fail("profiles_dir", str(exc))
+    specs: list[dict[str, Any]] = []
+    for i, rule in enumerate(table.tables("rule"), 1):
+        spec = rule_spec(rule)
+        try:
+            rules.make_rule(i * rules.STEP, spec, profiles)
+        except rules.RuleError as exc:
+            rule.fail_here(str(exc))
+        rule.done()
+        specs.append({"number": i * rules.STEP, **spec})
+    if not table.has("rule"):
+        specs = [{"number": rules.STEP, **spec} for spec in rules.DEFAULT_RULES]
+    return FirewallConfig(limits, profiles, specs)
+
+
+def rule_spec(table: configfile.Table) -> dict[str, Any]:
+    """A ``[[firewall.rule]]`` as a spec for :func:`rules.make_rule` (which checks it)."""
+    spec: dict[str, Any] = {}
+    for key in ("action", "profile", "direction", "protocol", "comment"):
+        value = table.optional_str(key)
+        if value is not None:
+            spec[key] = value
+    if table.has("ports"):
+        ports = (
+            table.integer("ports", low=1, high=65535)
+            if isinstance(table.raw("ports"), int)
+            else table.string("ports")
+        )
+        spec["ports"] = str(ports)
+    for key in ("sources", "destinations"):
+        if table.has(key):
+            spec[key] = table.strings(key)
+    return spec
 
 
 def admin_listen(table: configfile.Table) -> tuple[str, int] | None:

@@ -66,6 +66,22 @@ class StatusCollector(Collector):
             family.add_metric(["rx"], totals[f"rx_{unit}"])
             family.add_metric(["tx"], totals[f"tx_{unit}"])
             yield family
+        firewall = data["firewall"]
+        yield GaugeMetricFamily(
+            "overlay_flows", "Flows in the firewall's tables.", value=firewall["flows"]
+        )
+        yield CounterMetricFamily(
+            "overlay_flows_opened", "Flows the firewall let open.", value=firewall["opened"]
+        )
+        hits = CounterMetricFamily(
+            "overlay_firewall_rule_hits",
+            "New flows each rule decided; rule=default: denied by no rule.",
+            labels=["rule", "action"],
+        )
+        for number, action, count in firewall["hits"]:
+            hits.add_metric([str(number), action], count)
+        hits.add_metric(["default", "deny"], firewall["unmatched"])
+        yield hits
         qoe = CounterMetricFamily("overlay_qoe_reports", "QoE report lines.", labels=["result"])
         for result, count in sorted((data["qoe"] or {}).items()):
             qoe.add_metric([result], count)

@@ -5,17 +5,23 @@ management side sends to a device address arrives on it; :meth:`Router.run`
 drains it in batches and puts each IPv4 packet in the send queue of the session
 that holds the destination address, or counts it as ``no-session``. Frames from
 a device go through :meth:`Router.from_device`: split, checked against the
-policy (anti-spoofing, service range only), written to the TUN. Each session
-sends from its own bounded queue, so one slow device never stalls the router.
+policy (anti-spoofing, service range only), written to the TUN. Both ways, the
+firewall then checks each packet against the flow table of the device address
+(:mod:`overlay.server.firewall`). The tables belong to addresses, not sessions,
+so flows outlive a reconnect. Each session sends from its own bounded queue, so
+one slow device never stalls the router.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from overlay.exceptions import FrameError
 from overlay.packet import IPV4_DST
+from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
 from overlay.session import Drop
 from overlay.tun import Tun
@@ -29,9 +35,11 @@ if TYPE_CHECKING:
 class Router:
     """Routes by overlay address between the TUN and sessions keyed by (device, VRF)."""
 
-    def __init__(self, tun: Tun, policy: Policy, batch_bytes: int) -> None:
+    def __init__(self, tun: Tun, policy: Policy, firewall: Firewall, batch_bytes: int) -> None:
         self.tun = tun
         self.policy = policy
+        self.firewall = firewall
+        self.flows: dict[bytes, FlowTable] = {}  # by device address
         self.batch_bytes = batch_bytes
         self.by_address: dict[bytes, ServerSession] = {}
         self.by_key: dict[tuple[str, str], ServerSession] = {}
@@ -43,6 +51,8 @@ class Router:
         previous = self.by_key.get(session.key)
         self.by_key[session.key] = session
         self.by_address[session.address_bytes] = session
+        if session.address_bytes not in self.flows:
+            self.flows[session.address_bytes] = FlowTable()
         return previous
 
     def detach(self, session: ServerSession) -> None:
@@ -63,9 +73,10 @@ class Router:
         counters.rx_frames += 1
         counters.rx_bytes += len(frame)
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
+        firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
         taps = self.taps
         for packet in packets:
-            reason = check(packet, source)
+            reason = check(packet, source) or firewall(table, packet, False, now)
             if reason is not None:
                 counters.drop(reason)
             elif write(packet):
@@ -78,11 +89,13 @@ class Router:
     async def run(self) -> None:
         """Forward what the TUN reads to the sessions, until cancelled."""
         tun, by_address, drops, taps = self.tun, self.by_address, self.drops, self.taps
+        firewall, flows = self.firewall.check, self.flows
         while True:
             packets = tun.read_batch(self.batch_bytes)
             if not packets:
                 await tun.wait_readable()
                 continue
+            now = time.monotonic()
             for packet in packets:
                 if packet[0] >> 4 != 4:
                     drops[Drop.UNSUPPORTED.value] += 1
@@ -92,6 +105,24 @@ class Router:
                 if session is None:
                     drops[Drop.NO_SESSION.value] += 1
                     continue
+                reason = firewall(flows[destination], packet, True, now)
+                if reason is not None:
+                    session.counters.drop(reason)
+                    continue
                 session.enqueue(packet)
                 for tap in taps:
                     tap.offer(destination, packet)
+
+    async def sweep(self, interval: float = 10.0) -> None:
+        """Forget ended flows every ``interval`` seconds, and the tables of addresses that
+        have neither a session nor a flow left; until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for address, table in list(self.flows.items()):
+                table.sweep(now)
+                if not table.flows and address not in self.by_address:
+                    del self.flows[address]
+
+    def flow_count(self) -> int:
+        return sum(len(table.flows) for table in self.flows.values())

@@ -23,6 +23,13 @@ SRV = "ovlt-srv"
 SERVER_IP = "198.18.0.1"
 URL = f"wss://{SERVER_IP}:443/tun"
 PASSWORD = "test-tunnel-pass"
+# The echo servers of the tests: 7001 and 7100 on the server, 7002 on a device.
+TEST_RULES = deploy.firewall_rules(
+    'direction = "from-device"\nports = "7001,7100"\nprotocol = "tcp"',
+    'direction = "from-device"\nports = "7001"\nprotocol = "udp"',
+    'direction = "to-device"\nports = "7002"\nprotocol = "tcp"',
+    'direction = "to-device"\nports = "7002"\nprotocol = "udp"',
+)
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.netns
@@ -118,6 +125,7 @@ class Overlay:
                 PASSWORD,
                 ping_interval=ping_interval,
                 keepalive_misses=keepalive_misses,
+                extra=TEST_RULES,
             )
         self.server = deploy.start_server(SRV, self.server_config)
         self.processes.append(self.server)

@@ -39,7 +39,10 @@ def test_wrong_password_is_reported_and_counted(overlay: Overlay) -> None:
     device = overlay.add_device("dev1", password="not-the-password")
     overlay.start_device(device, wait=False)
     text = wait_log(device.log, "refused the credentials")
-    assert "refused the credentials of user 'VPN'; check username and password (HTTP 401)" in text
+    assert (
+        "refused the credentials of user 'VPN'; check username and password (and the client "
+        "certificate, if the device is enrolled with --require-cert) (HTTP 401)" in text
+    )
     assert "not-the-password" not in text
     assert "Traceback" not in text
     assert device.process is not None and device.process.poll() is None  # backs off, keeps trying

@@ -10,8 +10,9 @@ import pytest
 
 from lab import deploy, netns
 from lab.deploy import BIN, wait_for
+from overlay import certs
 from overlay.server.auth import hash_password
-from tests.integration.conftest import PASSWORD, SRV, URL, Overlay
+from tests.integration.conftest import PASSWORD, SRV, URL, Device, Overlay
 
 pytestmark = pytest.mark.netns
 
@@ -252,3 +253,64 @@ def test_pending_connections_are_capped_and_timed_out(overlay: Overlay) -> None:
     device = overlay.add_device("dev1")
     assert overlay.start_device(device) is not None  # real devices still get in
     assert overlay.server_status()["server"]["pending"] == 0
+
+
+def with_server_settings(device: Device, settings: str) -> None:
+    """Put ``settings`` (TOML lines) into the device's [server] table."""
+    text = device.config.read_text()
+    head, tail = text.split('password_file = "password"\n', 1)
+    device.config.write_text(head + 'password_file = "password"\n' + settings + "\n" + tail)
+
+
+def test_client_certificates_and_server_key_pins(overlay: Overlay) -> None:
+    clients = overlay.root / "clients"
+    certs.issue_clients(clients, ["dev1", "dev2"])
+    overlay.server_config = deploy.server_config(
+        overlay.root / "server",
+        overlay.pki_dir,
+        PASSWORD,
+        auto_enroll=False,
+        auth=f'client_ca_file = "{clients / certs.CLIENT_CA_FILE}"',
+    )
+    overlay.start_server()
+    assert overlay_cli(overlay, "device", "add", "dev1", "--require-cert").returncode == 0
+    assert overlay_cli(overlay, "device", "add", "dev2").returncode == 0
+    listed = json.loads(overlay_cli(overlay, "device", "list", "--json").stdout)
+    assert [(row["device"], row["client_cert"]) for row in listed] == [
+        ("dev1", True),
+        ("dev2", False),
+    ]
+
+    # dev1 must show a certificate naming it: none, then dev2's, are refused.
+    dev1 = overlay.add_device("dev1")
+    overlay.start_device(dev1, wait=False)
+    wait_log(dev1.log, "and the client certificate, if the device is enrolled with --require-cert")
+    netns.stop(dev1.process)  # type: ignore[arg-type]
+    with_server_settings(
+        dev1, f'client_cert_file = "{clients}/dev2.pem"\nclient_key_file = "{clients}/dev2.key"'
+    )
+    overlay.start_device(dev1, wait=False)
+    wait_for(
+        "two refusals",
+        lambda: overlay.server_status()["refusals"].get("client-certificate") == 2,
+        log=overlay.server_log,
+    )
+    netns.stop(dev1.process)  # type: ignore[arg-type]
+    server_pin = certs.pin_of_file(overlay.pki_dir / certs.CERT_FILE)
+    dev1.config.write_text(dev1.config.read_text().replace("dev2.", "dev1."))
+    with_server_settings(dev1, f'pin_sha256 = ["{server_pin}"]')
+    overlay.start_device(dev1)
+
+    # dev2 pins another key: it refuses the server before sending a single credential.
+    dev2 = overlay.add_device("dev2")
+    wrong_pin = certs.pin_of_file(clients / certs.CLIENT_CA_FILE)
+    with_server_settings(dev2, f'pin_sha256 = ["{wrong_pin}"]')
+    handshakes = overlay.server_status()["server"]["handshakes"]
+    overlay.start_device(dev2, wait=False)
+    wait_log(
+        dev2.log, f"the server's public key (pin {server_pin}) matches none of server.pin_sha256"
+    )
+    status = overlay.server_status()
+    assert status["server"]["handshakes"] == handshakes
+    assert "dev2" not in overlay.server_log.read_text()
+    assert [s["device"] for s in status["sessions"]] == ["dev1"]

@@ -185,3 +185,59 @@ def test_appliance_config_errors_name_the_key(appliance_toml, old, new, message)
     edit(appliance_toml, old, new)
     with pytest.raises(ConfigError, match=message):
         load_appliance_config(appliance_toml)
+
+
+def test_server_example_firewall_rules_are_numbered_in_order(server_toml):
+    firewall = load_server_config(server_toml).firewall
+    assert [r["number"] for r in firewall.rules] == [10, 20]
+    assert firewall.rules[1]["sources"] == ["192.0.2.0/24"]
+    assert firewall.limits.max_flows == 1024 and firewall.limits.udp == 120
+    assert {"ovoc-management", "cisco-uc"} <= set(firewall.profiles)
+
+
+def test_without_rules_the_default_is_the_ovoc_profile(server_toml):
+    text = server_toml.read_text()
+    server_toml.write_text(
+        text[: text.index("\n[[firewall.rule]]\n")] + "\n" + text[text.index("\n[state]") :]
+    )
+    assert load_server_config(server_toml).firewall.rules == [
+        {"number": 10, "profile": "ovoc-management"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('ports = "8443"', "ports = 8443", None),
+        ('ports = "8443"', 'ports = "84-43"', r"firewall\.rule\[1\]: ports '84-43'"),
+        ('protocol = "tcp"', 'protocol = "sctp"', r"firewall\.rule\[1\]: protocol 'sctp'"),
+        ('comment = "device', 'remark = "device', r"firewall\.rule\[1\]\.remark: unknown key"),
+        ('profile = "ovoc-management"', 'profile = "ovoc"', r"firewall\.rule\[0\]: no profile"),
+        ("max_flows = 1024", "max_flows = 0", r"firewall\.max_flows"),
+        ("# profiles_dir = ", "profiles_dir = ", r"firewall\.profiles_dir: .*does not exist"),
+    ],
+)
+def test_firewall_errors_name_the_rule(server_toml, old, new, message):
+    edit(server_toml, old, new)
+    if message is None:
+        assert load_server_config(server_toml).firewall.rules[1]["ports"] == "8443"
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_server_config(server_toml)
+
+
+def test_operator_profiles_join_the_built_in_ones(server_toml, tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "lab-echo.toml").write_text(
+        'description = "echo"\n[[entry]]\ndirection = "to-device"\nprotocol = "tcp"\nports = "7"\n'
+    )
+    edit(server_toml, '# profiles_dir = "/etc/overlay/profiles"', 'profiles_dir = "profiles"')
+    assert "lab-echo" in load_server_config(server_toml).firewall.profiles
+    (profiles / "cisco-uc.toml").write_text((profiles / "lab-echo.toml").read_text())
+    with pytest.raises(ConfigError, match="built-in profile is named 'cisco-uc'"):
+        load_server_config(server_toml)
+    (profiles / "cisco-uc.toml").unlink()
+    (profiles / "broken.toml").write_text('[[entry]]\ndirection = "up"\nprotocol = "tcp"\n')
+    with pytest.raises(ConfigError, match=r"broken.toml: entry\[0\]: direction 'up'"):
+        load_server_config(server_toml)
