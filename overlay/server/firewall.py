@@ -70,11 +70,14 @@ class Flow:
 class FlowTable:
     """The flows of one device address, and the fragments still expected."""
 
-    __slots__ = ("flows", "fragments")
+    __slots__ = ("flows", "fragments", "recent")
 
     def __init__(self) -> None:
         self.flows: dict[FlowKey, Flow] = {}
         self.fragments: dict[tuple[bytes, int, bytes, bool], float] = {}
+        # The flow of the last packet each way, by (protocol, addresses and ports as sent):
+        # bulk transfers send runs of packets of one flow, which then skip the key building.
+        self.recent: list[tuple[int, bytes, Flow] | None] = [None, None]
 
     def sweep(self, now: float) -> int:
         """Forget expired flows and fragments; return how many flows ended."""
@@ -123,6 +126,16 @@ class Firewall:
         """
         header = (packet[0] & 0x0F) << 2
         protocol = packet[9]
+        if header == 20 and not packet[6] & 0x3F and not packet[7]:  # no options, no fragment
+            recent = table.recent[to_device]
+            if (
+                recent is not None
+                and recent[0] == protocol
+                and recent[2].expires > now
+                and recent[1] == packet[12:24]
+            ):
+                self._keep(recent[2], packet, header, protocol, to_device, now)
+                return None
         remote = bytes(packet[12:16] if to_device else packet[16:20])
         if packet[6] & 0x1F or packet[7]:  # a fragment offset: no transport header here
             until = table.fragments.get((bytes(packet[4:6]), protocol, remote, to_device))
@@ -167,7 +180,24 @@ class Firewall:
                 return Drop.FLOW_LIMIT
             flow = flows[key] = Flow(to_device, number, now)
             self.opened += 1
-        elif flow.to_device != to_device:
+        self._keep(flow, packet, header, protocol, to_device, now)
+        if header == 20:
+            table.recent[to_device] = (protocol, bytes(packet[12:24]), flow)
+        if packet[6] & MORE_FRAGMENTS:
+            self._expect_fragments(table, packet, protocol, remote, to_device, now)
+        return None
+
+    def _keep(
+        self,
+        flow: Flow,
+        packet: bytes | memoryview,
+        header: int,
+        protocol: int,
+        to_device: bool,
+        now: float,
+    ) -> None:
+        """Count a packet of ``flow`` and push its end out by the protocol's idle time."""
+        if flow.to_device != to_device:
             flow.replied = True
         flow.packets += 1
         limits = self.limits
@@ -184,9 +214,6 @@ class Firewall:
             flow.expires = now + limits.icmp
         else:
             flow.expires = now + limits.other
-        if packet[6] & MORE_FRAGMENTS:
-            self._expect_fragments(table, packet, protocol, remote, to_device, now)
-        return None
 
     def _error(
         self,

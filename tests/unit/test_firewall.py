@@ -265,3 +265,16 @@ def test_the_remote_address_is_the_far_end() -> None:
     assert flow["remote"] == MANAGER and flow["opened_by"] == "management"
     assert (flow["remote_port"], flow["device_port"], flow["protocol"]) == (40000, 161, "udp")
     assert ipaddress.IPv4Address(flow["remote"]) not in ipaddress.IPv4Network("169.254.0.0/16")
+
+
+def test_the_last_flow_shortcut_still_tells_protocols_and_directions_apart() -> None:
+    fw, table = firewall(), FlowTable()
+    poll = to_device(sport=40000, dport=161)
+    assert fw.check(table, poll, True, 0) is None
+    assert fw.check(table, poll, True, 1) is None  # the shortcut
+    assert fw.check(table, to_device(proto=TCP, sport=40000, dport=161), True, 1) is Drop.POLICY
+    assert fw.check(table, from_device(MANAGER, sport=40000, dport=161), False, 1) is Drop.POLICY
+    (flow,) = table.flows.values()
+    assert flow.packets == 2 and not flow.replied
+    assert fw.check(table, poll, True, 1000) is None  # ended, then opened anew
+    assert fw.opened == 2
