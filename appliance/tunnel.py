@@ -390,6 +390,7 @@ class DeviceTunnel:
                     config.connect_timeout,
                 )
                 async with ws:
+                    bridge.limit_unsent(ws.get_extra_info("socket"))
                     hello = await self._receive_hello(ws)
                     if self.server is not None and url != self.server:
                         self.failovers += 1

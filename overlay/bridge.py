@@ -15,8 +15,9 @@ Nothing here logs per packet or per frame: counters only.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -34,6 +35,19 @@ class WebSocket(Protocol):
     async def ping(self, message: bytes = b"") -> None: ...
     async def pong(self, message: bytes = b"") -> None: ...
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
+
+
+# Bytes the kernel may hold unsent on the outer TCP socket. Beyond this the
+# socket is not writable, so senders wait (device) or drop from their bounded
+# queue (server) instead of hiding a deep buffer from the inner TCP flows:
+# that buffer is what made pings wait ~100 ms under load.
+UNSENT_BYTES = 65536
+
+
+def limit_unsent(sock: Any) -> None:
+    """Apply TCP_NOTSENT_LOWAT to the tunnel's outer socket (None: nothing to do)."""
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
 
 
 _CLOSED = (

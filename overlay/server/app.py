@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from aiohttp import web
 
-from overlay import certs, control, wire
+from overlay import bridge, certs, control, wire
 from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.exceptions import ConfigError, PoolExhaustedError
@@ -211,6 +211,8 @@ class Server:
         )
         await ws.prepare(request)
         self.gate.settled(request.transport)
+        if request.transport is not None:
+            bridge.limit_unsent(request.transport.get_extra_info("socket"))
         self.handshakes += 1
         session = ServerSession(
             ws,
