@@ -15,7 +15,6 @@ The token is a random secret the server writes once, mode 0600, to
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from overlay import certs
 from overlay.server import metrics
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
@@ -54,29 +54,36 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
-        "/api/v1/devices/{device}/unbind": {
-            "post": {
-                "summary": "Close the device's tunnels (4003) and release its leases",
-                "parameters": [
-                    {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "what was closed and released"},
-                    "401": {"description": "missing or wrong token"},
-                },
+        **{
+            f"/api/v1/devices/{{device}}/{action}": {
+                "post": {
+                    "summary": summary,
+                    "parameters": [
+                        {
+                            "name": "device",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": result},
+                        "401": {"description": "missing or wrong token"},
+                    },
+                }
             }
-        },
-        "/api/v1/devices/{device}/remove": {
-            "post": {
-                "summary": "Unbind the device and take it out of the registry",
-                "parameters": [
-                    {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "what was closed, released and removed"},
-                    "401": {"description": "missing or wrong token"},
-                },
-            }
+            for action, summary, result in (
+                (
+                    "unbind",
+                    "Close the device's tunnels (4003) and release its leases",
+                    "what was closed and released",
+                ),
+                (
+                    "remove",
+                    "Unbind the device and take it out of the registry",
+                    "what was closed, released and removed",
+                ),
+            )
         },
         "/metrics": {
             "get": {
@@ -93,9 +100,7 @@ def load_token(path: Path) -> str:
     """The admin token, made on first use."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
+        certs.write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
     return path.read_text().strip()
 
 

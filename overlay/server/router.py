@@ -51,8 +51,7 @@ class Router:
         previous = self.by_key.get(session.key)
         self.by_key[session.key] = session
         self.by_address[session.address_bytes] = session
-        if session.address_bytes not in self.flows:
-            self.flows[session.address_bytes] = FlowTable()
+        self.flows.setdefault(session.address_bytes, FlowTable())
         return previous
 
     def detach(self, session: ServerSession) -> None:

@@ -29,7 +29,13 @@ class Rulebook:
         self.path = path
         saved = self._saved()
         self.changed = saved is not None  # the rules differ from the config's
-        self.ruleset = Ruleset.build(saved if saved is not None else config.rules, config.profiles)
+        if saved is None:
+            self.ruleset = Ruleset.build(config.rules, config.profiles)  # checked with the config
+            return
+        try:
+            self.ruleset = Ruleset.build(saved, config.profiles)
+        except RuleError as exc:
+            raise ConfigError(f"{self.path}: {exc} (or run overlay rule reset)") from None
 
     def _saved(self) -> list[dict[str, Any]] | None:
         try:
@@ -44,10 +50,6 @@ class Rulebook:
         if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
             raise ConfigError(f"{self.path}: no rules list; repair it or run overlay rule reset")
         rules: list[dict[str, Any]] = data["rules"]
-        try:
-            Ruleset.build(rules, self.config.profiles)
-        except RuleError as exc:
-            raise ConfigError(f"{self.path}: {exc} (or run overlay rule reset)") from None
         return rules
 
     def listing(self) -> dict[str, Any]:
