@@ -23,6 +23,9 @@ from overlay.tun import IFNAMSIZ
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 MAX_SERVERS = 9  # one primary and up to 8 backups, as H3C devices allow
+# Packets the kernel holds for the tunnel (txqueuelen): short, so that a busy
+# tunnel drops instead of queueing. docs/benchmarks.md has the measurements.
+TUN_QUEUE_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class ApplianceConfig:
     log_level: str
     qoe_address: str
     qoe_port: int
+    tun_queue_length: int
     keepalive_interval: int | None
     keepalive_misses: int
     dhcp_lease_file: Path | None
@@ -123,6 +127,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         server.fail("client_cert_file", "give client_cert_file and client_key_file together")
     vrfs = tuple(read_vrf(t, defaults) for t in vrf_tables) or (defaults,)
     vrfs = name_tuns(root, vrfs)
+    tun_queue_length = tun.integer("queue_length", TUN_QUEUE_LENGTH, low=8, high=100000)
 
     min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
     max_delay = reconnect.number("max_delay", 60.0, low=min_delay, high=3600)
@@ -136,6 +141,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_address=str(qoe.ipv4("address", "169.254.0.1")),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535),
+        tun_queue_length=tun_queue_length,
         keepalive_interval=keepalive.integer("interval", 0, low=0, high=3600) or None,
         keepalive_misses=keepalive.integer("misses", 3, low=1, high=100),
         dhcp_lease_file=path_or_none(dhcp, "lease_file"),

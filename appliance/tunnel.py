@@ -413,7 +413,7 @@ class DeviceTunnel:
         address = ipaddress.IPv4Interface(f"{hello.address}/{hello.prefix}")
         if self.hello is not None and self.hello.address != hello.address:
             self.log.warning("overlay address changed", old=self.hello.address, new=hello.address)
-        await self.tun.configure(address, hello.mtu)
+        await self.tun.configure(address, hello.mtu, self.config.tun_queue_length)
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
         if self.vrf.insecure:

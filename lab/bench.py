@@ -274,15 +274,74 @@ verb 1
 """
 
 
-def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
-    """Direct veth, the overlay and OpenVPN-TCP between the same two namespaces."""
-    two_namespaces(work, DEV)
-    results = [measure("direct", None, SERVER_IP, seconds, pings)]
+PATHS = ("direct", "overlay", "openvpn-tcp")
 
+
+def paths(
+    work: Path,
+    seconds: float,
+    pings: int,
+    which: list[str],
+    mtu: int | None,
+    profile: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Direct veth, the overlay and OpenVPN-TCP (those in ``which``) between the same two
+    namespaces; the overlay with MTU ``mtu`` when given."""
+    two_namespaces(work, DEV)
+    results = []
+    if "direct" in which:
+        results.append(measure("direct", None, SERVER_IP, seconds, pings))
+    if "overlay" in which:
+        results.append(overlay_path(work, seconds, pings, mtu, profile))
+    if "openvpn-tcp" in which:
+        results.append(openvpn_path(work, seconds, pings))
+    return results
+
+
+def profile_overlay(directory: Path, pids: dict[str, int], seconds: float) -> None:
+    """Sample the server and the device with py-spy while iperf3 runs each way; write
+    the stacks and a summary of the top functions (by own samples) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for direction, reverse in (("up", False), ("down", True)):
+        spies = {
+            role: subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--native",
+                    "--rate",
+                    "250",
+                    "--duration",
+                    str(int(seconds)),
+                    "--format",
+                    "raw",
+                    "--pid",
+                    str(pid),
+                    "--output",
+                    str(directory / f"{role}-{direction}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for role, pid in pids.items()
+        }
+        iperf(DEV, SRV, "169.254.0.1", seconds + 1, reverse=reverse)
+        for spy in spies.values():
+            spy.wait(timeout=60)
+
+
+def overlay_path(
+    work: Path, seconds: float, pings: int, mtu: int | None, profile: Path | None
+) -> dict[str, Any]:
     password = os.urandom(12).hex()
     ca = deploy.pki(work / "pki", [SERVER_IP])
     config = deploy.server_config(
-        work / "server", work / "pki", password, host=SERVER_IP, extra=IPERF_RULE
+        work / "server",
+        work / "pki",
+        password,
+        host=SERVER_IP,
+        extra=IPERF_RULE,
+        overlay=f"mtu = {mtu}" if mtu else "",
     )
     server = deploy.start_server(SRV, config)
     device = deploy.appliance_config(
@@ -296,11 +355,16 @@ def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
             timeout=30,
             log=device.parent / "appliance.log",
         )
-        results.append(measure("overlay", server.pid, "169.254.0.1", seconds, pings))
+        if profile is not None:
+            profile_overlay(profile, {"server": server.pid, "device": agent.pid}, seconds)
+        name = f"overlay-mtu{mtu}" if mtu else "overlay"
+        return measure(name, server.pid, "169.254.0.1", seconds, pings)
     finally:
         netns.stop(agent)
         netns.stop(server)
 
+
+def openvpn_path(work: Path, seconds: float, pings: int) -> dict[str, Any]:
     import trustme  # the OpenVPN peers' certificates, as for the overlay
 
     vpn = work / "openvpn"
@@ -329,11 +393,10 @@ def paths(work: Path, seconds: float, pings: int) -> list[dict[str, Any]]:
             timeout=30,
             log=vpn / "client.log",
         )
-        results.append(measure("openvpn-tcp", vpn_server.pid, f"{OPENVPN_NET}.1", seconds, pings))
+        return measure("openvpn-tcp", vpn_server.pid, f"{OPENVPN_NET}.1", seconds, pings)
     finally:
         netns.stop(vpn_client)
         netns.stop(vpn_server)
-    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +406,24 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--part", choices=["paths", "reconnect"], action="append")
+    parser.add_argument(
+        "--path",
+        choices=PATHS,
+        action="append",
+        help="measure only this path of part paths (repeat for more; default: all three)",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        help="the overlay's MTU in part paths (default: the server's default, 1400)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="part paths: also profile the overlay's server and device with py-spy "
+        "during iperf3 each way, into DIR",
+    )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument(
         "--quick",
@@ -365,7 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if "paths" in parts:
                 seconds, pings = (2, 20) if args.quick else (10, 100)
-                results["paths"] = paths(Path(tmp) / "paths", seconds, pings)
+                results["paths"] = paths(
+                    Path(tmp) / "paths",
+                    seconds,
+                    pings,
+                    args.path or list(PATHS),
+                    args.mtu,
+                    args.profile,
+                )
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
             if "reconnect" in parts:
@@ -383,13 +471,13 @@ def format_results(results: dict[str, Any]) -> str:
     lines = [f"{results['date']}  {results['machine']}{'  (quick)' if results['quick'] else ''}"]
     if "paths" in results:
         lines.append(
-            f"{'path':<12} {'up Mbit/s':>10} {'down Mbit/s':>12} {'idle RTT ms':>12} "
+            f"{'path':<16} {'up Mbit/s':>10} {'down Mbit/s':>12} {'idle RTT ms':>12} "
             f"{'RTT under load ms':>18} {'server CPU s/Gbit':>18}"
         )
         for row in results["paths"]:
             cpu = row["server_cpu_s_per_gbit"]
             lines.append(
-                f"{row['path']:<12} {row['up_mbit']:>10} {row['down_mbit']:>12} "
+                f"{row['path']:<16} {row['up_mbit']:>10} {row['down_mbit']:>12} "
                 f"{row['idle_rtt_ms']:>12} {row['loaded_rtt_ms']:>18} "
                 f"{'-' if cpu is None else cpu:>18}"
             )

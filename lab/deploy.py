@@ -50,8 +50,10 @@ def server_config(
     password_hash: str | None = None,
     auth: str = "",
     auto_enroll: bool = True,
+    overlay: str = "",
 ) -> Path:
-    """A server.toml in ``directory`` whose state lives in ``directory/state``."""
+    """A server.toml in ``directory`` whose state lives in ``directory/state``;
+    ``overlay`` adds lines to its [overlay] table (``"mtu = 9000"``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "server.toml"
     path.write_text(f"""\
@@ -64,6 +66,7 @@ key_file = "{pki_dir / certs.KEY_FILE}"
 [overlay]
 ping_interval = {ping_interval}
 keepalive_misses = {keepalive_misses}
+{overlay}
 
 [auth]
 username = "{USERNAME}"

@@ -45,6 +45,13 @@ def test_each_device_gets_its_own_address(running: Overlay) -> None:
     assert all(s["peer"].startswith("198.18.0.") for s in sessions)
 
 
+def test_device_tun_has_the_short_queue(running: Overlay) -> None:
+    """The device's TUN holds 64 packets (tun.queue_length), not the kernel's 500."""
+    with IPRoute(netns="ovlt-dev1") as ipr:
+        (link,) = ipr.get_links(ifname="ovl0")
+    assert (link.get_attr("IFLA_MTU"), link.get_attr("IFLA_TXQLEN")) == (1400, 64)
+
+
 def test_ping_both_ways(running: Overlay) -> None:
     up = running.run("ovlt-dev1", "ping", "-c", "3", "-i", "0.2", "-W", "2", "169.254.0.1")
     assert up.returncode == 0, up.stdout + up.stderr

@@ -87,6 +87,7 @@ def test_appliance_example_loads(appliance_toml):
     assert vrf.password == "s3cret-pass"
     assert (vrf.name, vrf.backend, vrf.tun_name) == ("main-vrf", "default", "ovl0")
     assert (config.min_delay, config.max_delay) == (1.0, 60.0)
+    assert config.tun_queue_length == 64
 
 
 VRFS = """
@@ -178,6 +179,7 @@ def test_device_vrf_and_vrf_tables_together(appliance_toml):
         ('password_file = "password"', 'password_file = "missing"', "server.password_file: file"),
         ('password_file = "password"', 'password_file = "password"\npassword = "x"', "not both"),
         ('name = "ovl0"', 'name = "a-very-long-tun-name"', "tun.name"),
+        ("queue_length = 64", "queue_length = 0", "tun.queue_length: must be .* from 8"),
         ("max_delay = 60", "max_delay = 0.5", "reconnect.max_delay"),
     ],
 )
