@@ -18,7 +18,7 @@ import yarl
 
 from appliance.dhcp import FORMATS
 from appliance.vrf import BACKENDS
-from overlay import configfile, log, wire
+from overlay import bridge, codel, configfile, log, wire
 from overlay.tun import IFNAMSIZ
 
 EXAMPLE = Path(__file__).with_name("example.toml")
@@ -62,6 +62,10 @@ class ApplianceConfig:
     qoe_address: str
     qoe_port: int
     tun_queue_length: int
+    queue_bytes: int  # what may wait for the tunnel; beyond it packets are dropped
+    queue_target: float  # CoDel (overlay.codel): seconds a standing queue may add
+    queue_interval: float
+    offload: bool  # ask the server for segmentation offload
     keepalive_interval: int | None
     keepalive_misses: int
     dhcp_lease_file: Path | None
@@ -128,6 +132,9 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     vrfs = tuple(read_vrf(t, defaults) for t in vrf_tables) or (defaults,)
     vrfs = name_tuns(root, vrfs)
     tun_queue_length = tun.integer("queue_length", TUN_QUEUE_LENGTH, low=8, high=100000)
+    queue_bytes = tun.integer("queue_bytes", bridge.QUEUE_BYTES, low=1500, high=64 << 20)
+    if tun.flag("offload", True):
+        configfile.offload_room(tun, "queue_bytes", queue_bytes)
 
     min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
     max_delay = reconnect.number("max_delay", 60.0, low=min_delay, high=3600)
@@ -142,6 +149,10 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         qoe_address=str(qoe.ipv4("address", "169.254.0.1")),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535),
         tun_queue_length=tun_queue_length,
+        queue_bytes=queue_bytes,
+        queue_target=tun.number("queue_target", codel.TARGET, low=0.0001, high=1),
+        queue_interval=tun.number("queue_interval", codel.INTERVAL, low=0.001, high=10),
+        offload=tun.flag("offload", True),
         keepalive_interval=keepalive.integer("interval", 0, low=0, high=3600) or None,
         keepalive_misses=keepalive.integer("misses", 3, low=1, high=100),
         dhcp_lease_file=path_or_none(dhcp, "lease_file"),

@@ -37,6 +37,7 @@ from appliance.exceptions import CertificateError, ConnectError, RefusedError, U
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
 from appliance.vrf import Backend
 from overlay import bridge, certs, log, wire
+from overlay.codel import Codel
 from overlay.exceptions import HelloError, TunError
 from overlay.session import Counters, Keepalive
 from overlay.tun import Tun
@@ -377,6 +378,7 @@ class DeviceTunnel:
                         headers={
                             wire.HEADER_DEVICE: config.device_id,
                             wire.HEADER_VRF: self.vrf.name,
+                            **({wire.HEADER_OFFLOAD: wire.OFFLOAD_VNET} if config.offload else {}),
                         },
                         auth=aiohttp.BasicAuth(self.vrf.username, self.password),
                         ssl=self.tls,
@@ -390,7 +392,9 @@ class DeviceTunnel:
                     config.connect_timeout,
                 )
                 async with ws:
-                    bridge.limit_unsent(ws.get_extra_info("socket"))
+                    # aiohttp takes writer_limit for server WebSockets only (PR #9572)
+                    ws._writer._limit = 0
+                    bridge.bound_send_buffers(ws._writer.transport)
                     hello = await self._receive_hello(ws)
                     if self.server is not None and url != self.server:
                         self.failovers += 1
@@ -414,6 +418,7 @@ class DeviceTunnel:
         if self.hello is not None and self.hello.address != hello.address:
             self.log.warning("overlay address changed", old=self.hello.address, new=hello.address)
         await self.tun.configure(address, hello.mtu, self.config.tun_queue_length)
+        self.tun.set_offload(hello.offload)
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
         if self.vrf.insecure:
@@ -428,12 +433,14 @@ class DeviceTunnel:
         receiving = asyncio.create_task(
             bridge.receive(
                 ws,
-                lambda frame: bridge.deliver(frame, self.tun, self.counters),
+                lambda frame: bridge.deliver(frame, self.tun, self.counters, hello.offload),
                 keepalive,
                 self.counters,
             )
         )
-        sending = asyncio.create_task(bridge.pump(self.tun, ws, hello.max_message, self.counters))
+        codel = Codel(self.config.queue_target, self.config.queue_interval)
+        sender = bridge.Sender(self.config.queue_bytes, hello.max_message, self.counters, codel)
+        sending = asyncio.create_task(bridge.pump(self.tun, ws, sender))
         pinging = asyncio.create_task(bridge.keep_alive(ws, keepalive))
         stopping = asyncio.create_task(stop.wait())
         reconfiguring = asyncio.create_task(self._reconfigure.wait())
@@ -460,6 +467,7 @@ class DeviceTunnel:
             "server": self.server,
             "address": self.hello.address if self.hello else None,
             "tun": self.tun.name,
+            "offload": self.tun.offload,
             "last_error": self.last_error,
             "servers": self.urls,
             "failovers": self.failovers,

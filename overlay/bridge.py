@@ -4,10 +4,14 @@ Theory of operation. Three coroutines serve an open tunnel. ``receive`` reads
 WebSocket messages: binary frames go to a callback that splits and delivers
 their packets, pings are answered, and anything heard feeds the keepalive.
 ``keep_alive`` pings every interval and returns when the peer has been silent
-for three. ``pump`` (the device's sender) drains the TUN until it would block
-and sends what it read as one binary frame; awaiting the send is the
-backpressure: while the socket is full, packets wait in the TUN's own bounded
-queue, where the kernel drops rather than queues without end.
+for three. A :class:`Sender` holds what waits for the tunnel in a queue bounded
+in bytes and sends it as frames of as many packets as are waiting; while the
+socket is busy the queue fills, and beyond its bound packets are dropped and
+counted (``queue-full``) rather than delayed. The server's router feeds one per
+session; on the device, ``pump`` moves what the TUN reads into one as soon as
+it arrives, so that neither the TUN's queue nor ours hides a long delay. With offload
+(:mod:`overlay.offload`) packets travel behind their virtio-net headers, as the
+TUN reads and writes them; without, the headers stay on this host.
 
 Nothing here logs per packet or per frame: counters only.
 """
@@ -16,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
 
+from overlay.codel import Codel
 from overlay.exceptions import FrameError
-from overlay.session import Beat, Counters, Drop, Keepalive
+from overlay.offload import HEADER_SIZE, PLAIN, OffloadError, plain
+from overlay.session import Beat, Counters, Drop, Keepalive, Outbox
 from overlay.tun import Tun
 from overlay.wire import split_packets
 
@@ -37,17 +44,29 @@ class WebSocket(Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool: ...
 
 
-# Bytes the kernel may hold unsent on the outer TCP socket. Beyond this the
-# socket is not writable, so senders wait (device) or drop from their bounded
-# queue (server) instead of hiding a deep buffer from the inner TCP flows:
-# that buffer is what made pings wait ~100 ms under load.
-UNSENT_BYTES = 65536
+# What may wait beyond a tunnel's own queue: unsent in the kernel (TCP_NOTSENT_LOWAT)
+# and in the event loop's transport. Kept small so that packets wait in the queue,
+# where CoDel sees them and drops, and not in buffers that only grow the delay:
+# 64 KiB in the kernel and aiohttp's 256 KiB between waits for the transport held
+# pings ~25 ms behind a 200 Mbit/s bottleneck.
+UNSENT_BYTES = 16384
+# The most one frame carries: one 64 KiB segment with offload, ~46 packets without.
+FRAME_BYTES = 65536
+# What may wait for one tunnel by default: four 64 KiB segments; CoDel keeps the
+# standing part of it to a few milliseconds.
+QUEUE_BYTES = 262144
 
 
-def limit_unsent(sock: Any) -> None:
-    """Apply TCP_NOTSENT_LOWAT to the tunnel's outer socket (None: nothing to do)."""
+def bound_send_buffers(transport: Any) -> None:
+    """Keep the kernel's and the transport's share of a tunnel's sending small
+    (None: nothing to do). The WebSocket writer must wait for the transport after
+    every frame as well (its limit 0), or it fills the transport regardless."""
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
+    transport.set_write_buffer_limits(high=UNSENT_BYTES)
 
 
 _CLOSED = (
@@ -89,34 +108,87 @@ async def keep_alive(ws: WebSocket, keepalive: Keepalive) -> None:
         await ws.ping()
 
 
-def deliver(frame: bytes, tun: Tun, counters: Counters) -> None:
+def deliver(frame: bytes, tun: Tun, counters: Counters, offload: bool) -> None:
     """Write the packets of a frame from the server to the device's TUN."""
     try:
-        packets = split_packets(frame)
+        packets = split_packets(frame, HEADER_SIZE if offload else 0)
     except FrameError:
         counters.drop(Drop.MALFORMED)
         return
     counters.rx_frames += 1
     counters.rx_bytes += len(frame)
     written = 0
+    write = tun.write
     for packet in packets:
-        if tun.write(packet):
+        if write(packet) if offload else write(PLAIN, packet):
             written += 1
     counters.rx_packets += written
     if written < len(packets):
         counters.drop(Drop.TUN_FULL, len(packets) - written)
 
 
-async def pump(tun: Tun, ws: WebSocket, max_message: int, counters: Counters) -> None:
-    """Send what the TUN reads, one frame per drained batch, until cancelled."""
-    budget = max(max_message - tun.mtu, tun.mtu)
-    while True:
-        packets = tun.read_batch(budget)
-        if not packets:
-            await tun.wait_readable()
-            continue
-        frame = b"".join(packets)
-        await ws.send_bytes(frame)
-        counters.tx_frames += 1
-        counters.tx_packets += len(packets)
-        counters.tx_bytes += len(frame)
+class Sender:
+    """What waits for one tunnel, bounded in bytes and time, and the loop that sends it."""
+
+    def __init__(
+        self, queue_bytes: int, max_message: int, counters: Counters, codel: Codel
+    ) -> None:
+        self.outbox = Outbox(queue_bytes)
+        self.max_message = max_message
+        self.counters = counters
+        self.codel = codel
+        self._wake = asyncio.Event()
+
+    def put(self, packet: bytes | memoryview, now: float) -> None:
+        """Queue a packet that arrived at ``now`` (never blocks); drop and count it
+        when the queue is full."""
+        if self.outbox.put(packet, now):
+            self._wake.set()
+        else:
+            self.counters.drop(Drop.QUEUE_FULL)
+
+    async def run(self, ws: WebSocket) -> None:
+        """Send what is queued, as many packets per frame as fit, until cancelled."""
+        outbox, wake, counters, codel = self.outbox, self._wake, self.counters, self.codel
+        clock = time.monotonic  # as the router's and pump's arrival times
+        while True:
+            await wake.wait()
+            wake.clear()
+            while outbox:
+                now = clock()
+                while outbox and codel.drop(now - outbox.oldest, now):
+                    outbox.drop_oldest()
+                    counters.drop(Drop.STALE)
+                if not outbox:
+                    break
+                packets = outbox.take(min(self.max_message, FRAME_BYTES))
+                frame = b"".join(packets)
+                await ws.send_bytes(frame)
+                counters.tx_frames += 1
+                counters.tx_packets += len(packets)
+                counters.tx_bytes += len(frame)
+
+
+async def pump(tun: Tun, ws: WebSocket, sender: Sender) -> None:
+    """Move what the TUN reads into ``sender`` as it arrives, and send it, until
+    cancelled: with the headers when the TUN's offload is on, else complete packets."""
+    loop = asyncio.get_running_loop()
+    offload, put, counters = tun.offload, sender.put, sender.counters
+
+    def readable() -> None:
+        now = time.monotonic()
+        for record in tun.read_batch(sender.max_message):
+            if offload:
+                put(record, now)
+                continue
+            try:
+                for packet in plain(record):
+                    put(packet, now)
+            except OffloadError:
+                counters.drop(Drop.MALFORMED)
+
+    loop.add_reader(tun.fd, readable)
+    try:
+        await sender.run(ws)
+    finally:
+        loop.remove_reader(tun.fd)

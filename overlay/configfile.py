@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from overlay.exceptions import ConfigError
+from overlay.offload import MAX_RECORD
 
 
 def load(path: str | Path) -> Table:
@@ -165,3 +166,13 @@ def read_secret(table: Table, key: str, file_key: str) -> str | None:
             table.fail(file_key, f"{path} is empty")
         return secret
     return table.optional_str(key)
+
+
+def offload_room(table: Table, key: str, value: int) -> None:
+    """Refuse a size that cannot hold two of the 64 KiB segments offload carries."""
+    if value < 2 * MAX_RECORD:
+        table.fail(
+            key,
+            f"{value} is too small for offload (64 KiB segments): give at least "
+            f"{2 * MAX_RECORD} or turn offload off",
+        )

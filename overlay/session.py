@@ -46,6 +46,7 @@ class Drop(enum.Enum):
     FLOW_LIMIT = "flow-limit"  # the device address holds as many flows as the firewall allows
     NO_SESSION = "no-session"  # nothing is connected at the destination address
     QUEUE_FULL = "queue-full"  # the tunnel's send queue was full
+    STALE = "stale"  # dropped from a standing send queue (CoDel), so that it drains
     TUN_FULL = "tun-full"  # the TUN device refused the write (its queue was full)
     UNSUPPORTED = "unsupported"  # IPv6 or a text frame, which protocol v1 does not carry
 
@@ -136,36 +137,47 @@ class Keepalive:
 
 
 class Outbox:
-    """A byte-bounded queue of packets waiting for a tunnel.
+    """A queue of packets waiting for a tunnel, bounded in bytes and in time.
 
     Bounded on purpose: a slow device must cost drops on its own tunnel, not
     memory on the server or delay for everyone (an unbounded queue made ping
-    under load 25 times the direct path's).
+    under load 25 times the direct path's). The byte bound takes bursts; the
+    arrival times let the sender drop from the head (:mod:`overlay.codel`) so that
+    a standing queue adds no more than a few milliseconds, whatever the rate.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
-        self._packets: deque[bytes] = deque()
+        self._packets: deque[tuple[float, bytes | memoryview]] = deque()
 
     def __len__(self) -> int:
         return len(self._packets)
 
-    def put(self, packet: bytes) -> bool:
-        """Queue a packet; False (and nothing queued) when it would pass the limit."""
+    def put(self, packet: bytes | memoryview, now: float) -> bool:
+        """Queue a packet that arrived at ``now``; False (and nothing queued) when it
+        would pass the limit."""
         if self.size + len(packet) > self.limit:
             return False
-        self._packets.append(packet)
+        self._packets.append((now, packet))
         self.size += len(packet)
         return True
 
-    def take(self, max_bytes: int) -> list[bytes]:
+    @property
+    def oldest(self) -> float:
+        """When the packet at the head arrived (the queue must not be empty)."""
+        return self._packets[0][0]
+
+    def drop_oldest(self) -> None:
+        self.size -= len(self._packets.popleft()[1])
+
+    def take(self, max_bytes: int) -> list[bytes | memoryview]:
         """Take packets from the front, at most ``max_bytes`` together (at least one)."""
-        taken: list[bytes] = []
+        taken: list[bytes | memoryview] = []
         size = 0
         packets = self._packets
-        while packets and (not taken or size + len(packets[0]) <= max_bytes):
-            packet = packets.popleft()
+        while packets and (not taken or size + len(packets[0][1]) <= max_bytes):
+            packet = packets.popleft()[1]
             taken.append(packet)
             size += len(packet)
         self.size -= size

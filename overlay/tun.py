@@ -1,10 +1,14 @@
 """A TUN device (Documentation/networking/tuntap.rst) with batched, non-blocking I/O.
 
-The device carries bare IP packets (IFF_TUN | IFF_NO_PI): one read() returns one
-packet and one write() injects one. Reads drain the device until it would
-block, so that everything the kernel queued since the last wake-up leaves as
-one WebSocket frame. The device vanishes when its file descriptor closes, so a
-crashed process leaves nothing behind.
+The device carries IP packets, each behind a 10-byte virtio-net header
+(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, :mod:`overlay.offload`): one read() returns
+one header and packet, one write() injects one. With offload switched on
+(:meth:`Tun.set_offload`), a read may return a TCP segment of up to 64 KiB that
+the header says how to cut, and checksums left for the far end to finish; with
+it off the kernel does both itself and the header says nothing. Reads drain
+the device until it would block, so that everything the kernel queued since
+the last wake-up leaves as one WebSocket frame. The device vanishes when its
+file descriptor closes, so a crashed process leaves nothing behind.
 
 Addresses, MTU and link state are set over netlink (pyroute2), never by running
 ``ip``. IPv6 is turned off on the device before it goes up: protocol v1 carries
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import ipaddress
 import os
 from collections.abc import Iterator
@@ -25,9 +30,14 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.exceptions import TunError
+from overlay.offload import MAX_RECORD
 
 IFNAMSIZ = 15
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
+# include/uapi/linux/if_tun.h
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01  # the far end may finish checksums
+TUN_F_TSO4 = 0x02  # TCPv4 segments larger than the MTU
 
 
 @contextmanager
@@ -58,6 +68,7 @@ class Tun:
         self.netns = netns_name
         self.fd: int = device.fileno()
         self.mtu = 0
+        self.offload = False
         self.address: ipaddress.IPv4Interface | None = None
         os.set_blocking(self.fd, False)
 
@@ -68,7 +79,9 @@ class Tun:
             raise TunError(f"TUN name {name!r} must be 1 to {IFNAMSIZ} characters")
         with in_netns(netns_name):
             try:
-                device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+                device = pytun.TunTapDevice(
+                    name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI | pytun.IFF_VNET_HDR
+                )
             except pytun.Error as exc:
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
                 if code in (errno.EPERM, errno.EACCES):
@@ -132,24 +145,35 @@ class Tun:
                 f"cannot configure TUN {self.name} with {address} mtu {mtu}: {exc}"
             ) from None
 
+    def set_offload(self, on: bool) -> None:
+        """Let the kernel hand over large TCP segments and unfinished checksums, or not."""
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 if on else 0)
+        except OSError as exc:
+            raise TunError(f"cannot set offloads on TUN {self.name}: {exc.strerror}") from None
+        self.offload = on
+
     def read_batch(self, max_bytes: int) -> list[bytes]:
-        """Read packets until the device would block or ``max_bytes`` are gathered."""
-        packets: list[bytes] = []
+        """Read headers and packets until the device would block or ``max_bytes`` are
+        gathered."""
+        records: list[bytes] = []
         size = 0
-        read, fd, mtu = os.read, self.fd, self.mtu or 65535
+        read, fd = os.read, self.fd
         while size < max_bytes:
             try:
-                packet = read(fd, mtu)
+                record = read(fd, MAX_RECORD)  # also with offload off: segments read
+                # before it went off may still wait in the queue
             except BlockingIOError:
                 break
-            packets.append(packet)
-            size += len(packet)
-        return packets
+            records.append(record)
+            size += len(record)
+        return records
 
-    def write(self, packet: bytes | memoryview) -> bool:
-        """Inject one packet; False when the kernel refused it (queue full, link down)."""
+    def write(self, *parts: bytes | memoryview) -> bool:
+        """Inject one header and packet, given whole or in parts (``PLAIN, packet``);
+        False when the kernel refused it (queue full, link down, a header it does not take)."""
         try:
-            os.write(self.fd, packet)
+            os.writev(self.fd, parts)
         except OSError as exc:
             if exc.errno in _WOULD_BLOCK or exc.errno in (errno.ENOBUFS, errno.EIO, errno.EINVAL):
                 return False

@@ -31,6 +31,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 HEADER_DEVICE = "X-Ovl-Device"
 HEADER_VRF = "X-Ovl-Vrf"
+# A device that can take segmentation offload asks for it with this header and
+# value; the server grants it in the hello (docs/protocol.md, "Offload").
+HEADER_OFFLOAD = "X-Ovl-Offload"
+OFFLOAD_VNET = "vnet"
 
 DEFAULT_MTU = 1400
 DEFAULT_PING_INTERVAL = 60
@@ -59,6 +63,7 @@ class Hello:
     ping_interval: int
     max_message: int
     session: str
+    offload: bool = False  # each packet on the wire comes behind its virtio-net header
     version: int = VERSION
     type: str = "hello"
 
@@ -101,7 +106,10 @@ class Hello:
             raise HelloError(f"hello mtu {data['mtu']} is out of range 576-65535")
         if data["ping_interval"] < 1 or data["max_message"] < data["mtu"]:
             raise HelloError("hello ping_interval or max_message is out of range")
-        return cls(**{name: data[name] for name in fields})
+        offload = data.get("offload", False)
+        if not isinstance(offload, bool):
+            raise HelloError("hello field 'offload' is not true or false")
+        return cls(**{name: data[name] for name in fields}, offload=offload)
 
 
 def offered_version(protocols: Iterable[str]) -> int | None:
@@ -116,8 +124,9 @@ def offered_version(protocols: Iterable[str]) -> int | None:
     return max(versions) if versions else None
 
 
-def split_packets(frame: bytes) -> list[memoryview]:
-    """Split a binary frame into its packets, as zero-copy views.
+def split_packets(frame: bytes, header: int = 0) -> list[memoryview]:
+    """Split a binary frame into its packets, as zero-copy views; with ``header``
+    (offload: 10), each packet comes behind that many bytes, which its view includes.
 
     Raises :class:`FrameError` when the frame is empty, ends inside a packet, or
     holds something that is not an IPv4/IPv6 header: the frame is then dropped whole.
@@ -130,9 +139,9 @@ def split_packets(frame: bytes) -> list[memoryview]:
     end = len(frame)
     while offset < end:
         try:
-            length = packet_length(view, offset)
+            length = header + packet_length(view, offset + header)
         except PacketError as exc:
-            raise FrameError(f"bad packet at byte {offset}: {exc}") from None
+            raise FrameError(f"bad packet at byte {offset + header}: {exc}") from None
         if offset + length > end:
             raise FrameError(f"packet at byte {offset} says {length} bytes, {end - offset} remain")
         packets.append(view[offset : offset + length])

@@ -26,6 +26,7 @@ from aiohttp import web
 from overlay import bridge, certs, control, wire
 from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
+from overlay.codel import Codel
 from overlay.exceptions import ConfigError, PoolExhaustedError
 from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
@@ -208,11 +209,11 @@ class Server:
             autoping=False,
             compress=False,
             max_msg_size=config.max_message,
+            writer_limit=0,  # wait for the transport after every frame (bridge.UNSENT_BYTES)
         )
         await ws.prepare(request)
         self.gate.settled(request.transport)
-        if request.transport is not None:
-            bridge.limit_unsent(request.transport.get_extra_info("socket"))
+        bridge.bound_send_buffers(request.transport)
         self.handshakes += 1
         session = ServerSession(
             ws,
@@ -223,6 +224,8 @@ class Server:
             config.max_message,
             config.ping_interval,
             config.keepalive_misses,
+            Codel(config.queue_target, config.queue_interval),
+            offload=config.offload and checked.offload,
         )
         previous = self.router.attach(session)
         self._sessions.add(session)
@@ -237,6 +240,7 @@ class Server:
                 ping_interval=config.ping_interval,
                 max_message=config.max_message,
                 session=session.id,
+                offload=session.offload,
             )
             await session.run(self.router, hello)
         finally:
@@ -365,6 +369,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         tun = Tun.create(config.tun_name)
         stack.callback(tun.close)
         await tun.configure(config.interface, config.mtu)
+        tun.set_offload(config.offload)
 
         collector = None
         if config.qoe_port is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overlay import configfile, log, wire
+from overlay import bridge, codel, configfile, log, wire
 from overlay.addressing import DEFAULT_POOL, OVERLAY, AddressPool
 from overlay.exceptions import ConfigError
 from overlay.server import rules
@@ -44,6 +44,9 @@ class ServerConfig:
     keepalive_misses: int
     max_message: int
     queue_bytes: int
+    queue_target: float  # CoDel (overlay.codel): seconds a standing queue may add
+    queue_interval: float
+    offload: bool  # grant segmentation offload to devices that ask for it
     shared: Credentials | None  # the shared OVOC-style credential, if any
     auto_enroll: bool
     client_ca_file: Path | None  # CA of device certificates (mutual TLS); None: not asked for
@@ -137,7 +140,10 @@ def load_server_config(path: str | Path) -> ServerConfig:
         max_message=overlay.integer(
             "max_message", wire.DEFAULT_MAX_MESSAGE, low=mtu, high=16 << 20
         ),
-        queue_bytes=overlay.integer("queue_bytes", 131072, low=mtu, high=64 << 20),
+        queue_bytes=overlay.integer("queue_bytes", bridge.QUEUE_BYTES, low=mtu, high=64 << 20),
+        queue_target=overlay.number("queue_target", codel.TARGET, low=0.0001, high=1),
+        queue_interval=overlay.number("queue_interval", codel.INTERVAL, low=0.001, high=10),
+        offload=overlay.flag("offload", True),
         shared=shared,
         auto_enroll=auth.flag("auto_enroll", False),
         client_ca_file=auth.optional_file("client_ca_file"),
@@ -157,6 +163,9 @@ def load_server_config(path: str | Path) -> ServerConfig:
         metrics_need_token=admin.flag("metrics_need_token", False),
         firewall=firewall_config(firewall),
     )
+    if config.offload:
+        configfile.offload_room(overlay, "max_message", config.max_message)
+        configfile.offload_room(overlay, "queue_bytes", config.queue_bytes)
     for table in (listen, overlay, auth, state, logging, qoe, admin, firewall, root):
         table.done()
     return config

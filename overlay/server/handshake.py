@@ -32,6 +32,7 @@ class TunnelRequest:
     vrf: str
     username: str
     password: str
+    offload: bool = False  # the device asked for segmentation offload
 
 
 def check_request(headers: Mapping[str, str]) -> TunnelRequest | Refusal:
@@ -65,7 +66,8 @@ def check_request(headers: Mapping[str, str]) -> TunnelRequest | Refusal:
     credentials = parse_basic(headers.get("Authorization", ""))
     if credentials is None:
         return Refusal(401, "no-credentials", "missing or malformed Basic Authorization")
-    return TunnelRequest(device, vrf, *credentials)
+    offload = headers.get(wire.HEADER_OFFLOAD, "").strip().lower() == wire.OFFLOAD_VNET
+    return TunnelRequest(device, vrf, *credentials, offload=offload)
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:

@@ -10,6 +10,12 @@ firewall then checks each packet against the flow table of the device address
 (:mod:`overlay.server.firewall`). The tables belong to addresses, not sessions,
 so flows outlive a reconnect. Each session sends from its own bounded queue, so
 one slow device never stalls the router.
+
+The TUN reads and writes each packet behind a virtio-net header
+(:mod:`overlay.offload`). A session with offload carries the headers over the
+wire, so large TCP segments cross whole both ways; for a session without, the
+router cuts and checksums what the kernel handed over, and writes the device's
+packets behind an empty header.
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from overlay.exceptions import FrameError
+from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN, OffloadError, plain
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
 from overlay.session import Drop
 from overlay.tun import Tun
 from overlay.wire import split_packets
+
+# What a device may ask of the server's kernel: whole packets or TCPv4 segments.
+_SEGMENTATION = (GSO_NONE, GSO_TCPV4)
 
 if TYPE_CHECKING:
     from overlay.server.capture import Tap
@@ -63,9 +73,9 @@ class Router:
 
     def from_device(self, session: ServerSession, frame: bytes) -> None:
         """Deliver the packets of one frame from ``session`` to the TUN."""
-        counters = session.counters
+        counters, offload = session.counters, session.offload
         try:
-            packets = split_packets(frame)
+            records = split_packets(frame, HEADER_SIZE if offload else 0)
         except FrameError:
             counters.drop(Drop.MALFORMED)
             return
@@ -74,11 +84,18 @@ class Router:
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
         firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
         taps = self.taps
-        for packet in packets:
+        for record in records:
+            if offload:
+                packet = record[HEADER_SIZE:]
+                if record[1] not in _SEGMENTATION:
+                    counters.drop(Drop.MALFORMED)
+                    continue
+            else:
+                packet = record
             reason = check(packet, source) or firewall(table, packet, False, now)
             if reason is not None:
                 counters.drop(reason)
-            elif write(packet):
+            elif write(record) if offload else write(PLAIN, packet):
                 counters.rx_packets += 1
                 for tap in taps:
                     tap.offer(source, packet)
@@ -90,16 +107,17 @@ class Router:
         tun, by_address, drops, taps = self.tun, self.by_address, self.drops, self.taps
         firewall, flows = self.firewall.check, self.flows
         while True:
-            packets = tun.read_batch(self.batch_bytes)
-            if not packets:
+            records = tun.read_batch(self.batch_bytes)
+            if not records:
                 await tun.wait_readable()
                 continue
             now = time.monotonic()
-            for packet in packets:
+            for record in records:
+                packet = memoryview(record)[HEADER_SIZE:]
                 if packet[0] >> 4 != 4:
                     drops[Drop.UNSUPPORTED.value] += 1
                     continue
-                destination = packet[IPV4_DST]
+                destination = packet[IPV4_DST].tobytes()
                 session = by_address.get(destination)
                 if session is None:
                     drops[Drop.NO_SESSION.value] += 1
@@ -108,7 +126,15 @@ class Router:
                 if reason is not None:
                     session.counters.drop(reason)
                     continue
-                session.enqueue(packet)
+                if session.offload:
+                    session.sender.put(record, now)
+                else:
+                    try:
+                        for complete in plain(record):
+                            session.sender.put(complete, now)
+                    except OffloadError:
+                        session.counters.drop(Drop.MALFORMED)
+                        continue
                 for tap in taps:
                     tap.offer(destination, packet)
 

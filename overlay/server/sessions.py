@@ -11,9 +11,10 @@ import structlog
 from aiohttp import web
 
 from overlay import bridge
+from overlay.codel import Codel
 from overlay.server.leases import Lease
 from overlay.server.router import Router
-from overlay.session import Counters, Drop, Keepalive, Outbox, State, Tunnel
+from overlay.session import Counters, Keepalive, State, Tunnel
 from overlay.wire import CloseCode, Hello
 
 CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
@@ -32,6 +33,8 @@ class ServerSession:
         max_message: int,
         ping_interval: int,
         keepalive_misses: int,
+        codel: Codel,
+        offload: bool = False,
     ) -> None:
         self.ws = ws
         self.lease = lease
@@ -42,21 +45,13 @@ class ServerSession:
         self.since = time.time()
         self.tunnel = Tunnel()
         self.counters = Counters()
-        self.outbox = Outbox(queue_bytes)
-        self.max_message = max_message
+        self.sender = bridge.Sender(queue_bytes, max_message, self.counters, codel)
+        self.offload = offload  # packets travel behind their virtio-net headers
         self.keepalive = Keepalive(ping_interval, keepalive_misses)
         self.close_code: int | None = None
-        self._wake = asyncio.Event()
         self.log = structlog.get_logger("overlay.session").bind(
             device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
         )
-
-    def enqueue(self, packet: bytes) -> None:
-        """Queue a packet for the device (called by the router, never blocks)."""
-        if self.outbox.put(packet):
-            self._wake.set()
-        else:
-            self.counters.drop(Drop.QUEUE_FULL)
 
     async def run(self, router: Router, hello: Hello) -> None:
         """Send the hello, then carry packets until either end closes or the device falls silent."""
@@ -72,7 +67,7 @@ class ServerSession:
                     self.counters,
                 )
             ),
-            asyncio.create_task(self._send()),
+            asyncio.create_task(self.sender.run(self.ws)),
             asyncio.create_task(bridge.keep_alive(self.ws, self.keepalive)),
         ]
         try:
@@ -92,19 +87,6 @@ class ServerSession:
             await self.ws.close()
         self.tunnel.advance(State.CLOSED)
         self.log.info("tunnel closed", code=self.close_code, **self.counters.as_dict())
-
-    async def _send(self) -> None:
-        outbox, wake, ws, counters = self.outbox, self._wake, self.ws, self.counters
-        while True:
-            await wake.wait()
-            wake.clear()
-            while outbox:
-                packets = outbox.take(self.max_message)
-                frame = b"".join(packets)
-                await ws.send_bytes(frame)
-                counters.tx_frames += 1
-                counters.tx_packets += len(packets)
-                counters.tx_bytes += len(frame)
 
     async def close(self, code: CloseCode, reason: str, wait: float = CLOSE_WAIT) -> None:
         """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …).
@@ -130,5 +112,6 @@ class ServerSession:
             "state": self.tunnel.state.value,
             "since": self.since,
             "idle": round(time.monotonic() - self.keepalive.last_heard, 1),
+            "offload": self.offload,
             **self.counters.as_dict(),
         }

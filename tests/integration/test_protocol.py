@@ -53,6 +53,7 @@ def test_hello_is_the_documented_message(server: Overlay) -> None:
         "ping_interval",
         "max_message",
         "session",
+        "offload",
     }
     assert (hello["type"], hello["version"], hello["prefix"], hello["server"]) == (
         "hello",
@@ -61,6 +62,7 @@ def test_hello_is_the_documented_message(server: Overlay) -> None:
         "169.254.0.1",
     )
     assert (hello["mtu"], hello["ping_interval"], hello["max_message"]) == (1400, 60, 262144)
+    assert hello["offload"] is False  # this client did not ask for it
 
 
 def test_a_message_over_max_message_is_closed_with_1009(server: Overlay) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from lab import netns
+from lab import deploy, netns
 from lab.deploy import BIN, wait_for
 from tests.integration.conftest import SRV, Overlay, make_overlay
 
@@ -19,11 +19,13 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, pki: tuple[Path, Path]) -> Iterator[Overlay]:
-    """A server with two devices whose tunnels are up, shared by this module's tests."""
+    """A server with two devices whose tunnels are up, shared by this module's tests:
+    dev1 with segmentation offload, dev2 without (as an older device), so that the
+    exchanges below cross both kinds of session."""
     for overlay in make_overlay(tmp_path_factory.mktemp("tunnel"), pki):
         overlay.start_server()
-        for name in ("dev1", "dev2"):
-            overlay.start_device(overlay.add_device(name))
+        overlay.start_device(overlay.add_device("dev1"))
+        overlay.start_device(overlay.add_device("dev2", extra="[tun]\noffload = false\n"))
         yield overlay
 
 
@@ -43,6 +45,14 @@ def test_each_device_gets_its_own_address(running: Overlay) -> None:
         ("dev2", "169.254.1.2"),
     }
     assert all(s["peer"].startswith("198.18.0.") for s in sessions)
+
+
+def test_offload_is_granted_to_the_devices_that_ask(running: Overlay) -> None:
+    sessions = running.server_status()["sessions"]
+    assert {s["device"]: s["offload"] for s in sessions} == {"dev1": True, "dev2": False}
+    for name, offload in (("dev1", True), ("dev2", False)):
+        tunnel = deploy.status(running.devices[name].socket)["tunnels"][0]  # appliance status
+        assert tunnel["offload"] is offload
 
 
 def test_device_tun_has_the_short_queue(running: Overlay) -> None:
@@ -76,7 +86,7 @@ def test_exchange_from_device_to_server(running: Overlay, kind: str) -> None:
         kind,
         "169.254.0.1",
         "7001",
-        "300000" if kind == "tcp" else "20000",
+        "3000000" if kind == "tcp" else "20000",
     )
     netns.stop(server)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -99,7 +109,7 @@ def test_exchange_from_server_to_device(running: Overlay, kind: str) -> None:
         kind,
         address,
         "7002",
-        "300000" if kind == "tcp" else "20000",
+        "3000000" if kind == "tcp" else "20000",
     )
     netns.stop(server)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -35,12 +35,21 @@ def test_transitions():
 
 def test_outbox_is_bounded_by_bytes():
     outbox = Outbox(limit=300)
-    assert outbox.put(b"a" * 100) and outbox.put(b"b" * 200)
-    assert not outbox.put(b"c")
+    assert outbox.put(b"a" * 100, 0.0) and outbox.put(b"b" * 200, 0.0)
+    assert not outbox.put(b"c", 0.0)
     assert outbox.size == 300
     assert outbox.take(150) == [b"a" * 100]
     assert outbox.take(150) == [b"b" * 200]  # at least one, even when larger
     assert outbox.size == 0 and not outbox
+
+
+def test_outbox_knows_when_its_oldest_packet_arrived():
+    outbox = Outbox(limit=1000)
+    outbox.put(b"a" * 10, 1.0)
+    outbox.put(b"b" * 20, 2.0)
+    assert outbox.oldest == 1.0
+    outbox.drop_oldest()
+    assert (outbox.oldest, outbox.size, len(outbox)) == (2.0, 20, 1)
 
 
 def test_counters_by_reason():

@@ -32,8 +32,18 @@ def test_hello_round_trip_matches_the_documented_message():
         "ping_interval": 60,
         "max_message": 262144,
         "session": "abc",
+        "offload": False,
     }
     assert wire.Hello.parse(text) == HELLO
+
+
+def test_hello_offload_is_optional_and_must_be_a_boolean():
+    plain = json.loads(HELLO.serialize())
+    del plain["offload"]  # as an older server sends it
+    assert wire.Hello.parse(json.dumps(plain)).offload is False
+    assert wire.Hello.parse(json.dumps({**plain, "offload": True})).offload is True
+    with pytest.raises(HelloError, match="'offload' is not true or false"):
+        wire.Hello.parse(json.dumps({**plain, "offload": "yes"}))
 
 
 @pytest.mark.parametrize(
@@ -66,11 +76,19 @@ def test_split_whole_packets():
     assert [bytes(p) for p in split] == packets
 
 
+def test_split_packets_behind_offload_headers():
+    packets = [ipv4("169.254.1.1", "169.254.0.1", payload=b"a" * n) for n in (0, 1372)]
+    records = [bytes([n]) * 10 + packet for n, packet in enumerate(packets)]
+    assert [bytes(r) for r in wire.split_packets(b"".join(records), 10)] == records
+    with pytest.raises(FrameError, match="byte 10: empty packet"):
+        wire.split_packets(bytes(10), 10)
+
+
 def test_batches_from_the_outbox_split_back_into_the_packets():
     packets = [ipv4("169.254.1.1", "169.254.0.1", payload=bytes([n]) * n) for n in range(100)]
     outbox = Outbox(limit=1 << 20)
     for packet in packets:
-        assert outbox.put(packet)
+        assert outbox.put(packet, 0.0)
     frames = []
     while outbox:
         frames.append(b"".join(outbox.take(1000)))  # as a session's sender builds its frames
