@@ -1,19 +1,25 @@
 """``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
 
     scripts/bench [--part paths|reconnect]… [--devices N] [--quick] [--json FILE]
+                  [--path direct|overlay|openvpn-tcp]… [--mtu N] [--codel T,I]
+                  [--chart PNG] [--profile DIR]
 
 Part ``paths``: between the same two namespaces joined by a veth, the direct
 path, our overlay and OpenVPN 2.6 in TCP mode (AES-256-GCM, tcp-nodelay,
 txqueuelen 1000, no DCO), each measured the same way: iperf3 TCP throughput
 both ways, idle ping RTT, ping RTT while iperf3 (cubic) fills a 200 Mbit TBF
-bottleneck on both underlay ends, and server CPU seconds per Gbit carried.
+bottleneck on both underlay ends (median RTTs), and server CPU seconds per
+Gbit carried. ``--mtu`` and ``--codel`` add overlay rows with those settings;
+``--profile`` samples the overlay's server and device with py-spy while iperf3
+runs each way; ``--chart`` draws the table.
 
 Part ``reconnect`` (the resilience load check): N simulated devices
 (``lab.loadgen``, protocol v1 without a TUN each) connect to one server; then
 the server is restarted twice, gracefully (SIGTERM: devices hear 1001 and come
 back at once) and by SIGKILL (no close frame: devices back off with jitter),
 and the time until every device is back with its old address is measured. It
-also reads the server's RSS per idle tunnel and the new tunnels per second.
+also reads the server's RSS per idle tunnel, the new tunnels per second and
+the server's CPU time per new tunnel.
 
 Numbers are printed as a table and written as JSON; nothing is asserted. Only
 addresses inside the bench's own namespaces are used.
@@ -26,6 +32,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +107,7 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
 
     server = start_server()
     idle_rss = rss_kib(server.pid)
+    idle_cpu = cpu_seconds(server.pid)
     argv = [
         sys.executable,
         "-m",
@@ -120,12 +128,15 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
     events = Events(loadgen)
     try:
         up = events.wait("up", timeout=120 + devices / 20)
+        handshake_cpu = (cpu_seconds(server.pid) - idle_cpu) / devices
         time.sleep(2)
         loaded_rss = rss_kib(server.pid)
         results: dict[str, Any] = {
             "devices": devices,
             "first_connect_s": up["seconds"],
             "tunnels_per_s": round(devices / up["seconds"], 1),
+            "server_cpu_ms_per_tunnel": round(handshake_cpu * 1000, 3),
+            "server_capacity_tunnels_per_s": round(1 / handshake_cpu) if handshake_cpu else None,
             "server_rss_idle_kib": idle_rss,
             "server_rss_loaded_kib": loaded_rss,
             "rss_per_tunnel_kib": round((loaded_rss - idle_rss) / devices, 1),
@@ -177,13 +188,17 @@ def iperf(
 
 
 def ping_rtt(ns: str, address: str, count: int, interval: float) -> float:
+    """The median RTT in ms of ``count`` pings: under load a few pings that meet a
+    burst or a drop would move the mean more than the queue does."""
     result = netns.run(
         ns,
-        ["ping", "-q", "-c", str(count), "-i", str(interval), address],
+        ["ping", "-n", "-c", str(count), "-i", str(interval), address],
         timeout=count * interval + 30,
     )
-    line = next(x for x in result.stdout.splitlines() if "min/avg/max" in x)
-    return float(line.split("=")[1].split("/")[1])
+    times = [
+        float(x.split("time=")[1].split()[0]) for x in result.stdout.splitlines() if "time=" in x
+    ]
+    return round(statistics.median(times), 3)
 
 
 def measure(
@@ -221,8 +236,8 @@ def measure(
         load = netns.spawn(
             DEV, ["iperf3", "-c", address, "-t", str(seconds + 2), "-C", "cubic"], Path("/dev/null")
         )
-        time.sleep(1.5)
-        loaded = ping_rtt(DEV, address, max(pings // 4, 10), 0.1)
+        time.sleep(1.5)  # past slow start
+        loaded = ping_rtt(DEV, address, int(seconds * 10), 0.05)
         netns.stop(load)
         netns.stop(server)
     finally:
@@ -284,15 +299,20 @@ def paths(
     which: list[str],
     mtu: int | None,
     profile: Path | None = None,
+    codel: tuple[float, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Direct veth, the overlay and OpenVPN-TCP (those in ``which``) between the same two
-    namespaces; the overlay with MTU ``mtu`` when given."""
+    namespaces; the overlay also with MTU ``mtu`` and with CoDel's ``codel``, when given."""
     two_namespaces(work, DEV)
     results = []
     if "direct" in which:
         results.append(measure("direct", None, SERVER_IP, seconds, pings))
-    if "overlay" in which:
-        results.append(overlay_path(work, seconds, pings, mtu, profile))
+    if "overlay" in which:  # the defaults, then each variant asked for as a row of its own
+        results.append(overlay_path(work, seconds, pings, None, profile, None))
+        if codel:
+            results.append(overlay_path(work, seconds, pings, None, None, codel))
+        if mtu:
+            results.append(overlay_path(work, seconds, pings, mtu, None, None))
     if "openvpn-tcp" in which:
         results.append(openvpn_path(work, seconds, pings))
     return results
@@ -328,24 +348,73 @@ def profile_overlay(directory: Path, pids: dict[str, int], seconds: float) -> No
         iperf(DEV, SRV, "169.254.0.1", seconds + 1, reverse=reverse)
         for spy in spies.values():
             spy.wait(timeout=60)
+    with open(directory / "summary.txt", "w") as summary:
+        for stacks in sorted(directory.glob("*-*.txt")):
+            summary.write(f"{stacks.stem}\n{top_functions(stacks)}\n")
+
+
+def top_functions(stacks: Path, count: int = 12) -> str:
+    """Where the event loop thread spends its samples: the Python functions most often
+    on its stack (inclusive), and the frames it is in when sampled (own time), each as
+    % of all its samples. py-spy's raw format: one ``frame;frame;… samples`` per line."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        stack, _, field = line.rpartition(" ")
+        if "Thread._bootstrap" in stack:  # idle worker threads (netlink, DNS)
+            continue
+        samples = int(field)
+        total += samples
+        frames = stack.split(";")
+        leaf = frames[-1].split(" (")[0]
+        own[leaf] = own.get(leaf, 0) + samples
+        for name in {f.split(" (")[0] for f in frames if ".py:" in f}:
+            inclusive[name] = inclusive.get(name, 0) + samples
+
+    def ranked(counts: dict[str, int]) -> list[str]:
+        top = [item for item in sorted(counts.items(), key=lambda i: -i[1]) if item[1] < total]
+        return [f"{100 * n / total:6.1f}%  {name}" for name, n in top[:count]]
+
+    return "\n".join(
+        ["Python functions, inclusive:", *ranked(inclusive), "own time:", *ranked(own)]
+    )
+
+
+def queue_settings(codel: tuple[float, float] | None) -> str:
+    """CoDel's target and interval for both ends' config, when not the defaults."""
+    if codel is None:
+        return ""
+    return f"queue_target = {codel[0]}\nqueue_interval = {codel[1]}\n"
 
 
 def overlay_path(
-    work: Path, seconds: float, pings: int, mtu: int | None, profile: Path | None
+    work: Path,
+    seconds: float,
+    pings: int,
+    mtu: int | None,
+    profile: Path | None,
+    codel: tuple[float, float] | None,
 ) -> dict[str, Any]:
     password = os.urandom(12).hex()
     ca = deploy.pki(work / "pki", [SERVER_IP])
+    name = "overlay" + (f"-mtu{mtu}" if mtu else "") + ("-codel" if codel else "")
     config = deploy.server_config(
-        work / "server",
+        work / name / "server",
         work / "pki",
         password,
         host=SERVER_IP,
         extra=IPERF_RULE,
-        overlay=f"mtu = {mtu}" if mtu else "",
+        overlay=(f"mtu = {mtu}\n" if mtu else "") + queue_settings(codel),
     )
     server = deploy.start_server(SRV, config)
     device = deploy.appliance_config(
-        work / "dev", "bench", [f"wss://{SERVER_IP}/tun"], ca, password
+        work / name / "dev",
+        "bench",
+        [f"wss://{SERVER_IP}/tun"],
+        ca,
+        password,
+        extra="[tun]\n" + queue_settings(codel),
     )
     agent = deploy.start_appliance(DEV, device)
     try:
@@ -357,7 +426,6 @@ def overlay_path(
         )
         if profile is not None:
             profile_overlay(profile, {"server": server.pid, "device": agent.pid}, seconds)
-        name = f"overlay-mtu{mtu}" if mtu else "overlay"
         return measure(name, server.pid, "169.254.0.1", seconds, pings)
     finally:
         netns.stop(agent)
@@ -399,6 +467,17 @@ def openvpn_path(work: Path, seconds: float, pings: int) -> dict[str, Any]:
         netns.stop(vpn_server)
 
 
+def codel_pair(text: str) -> tuple[float, float]:
+    """``"0.5,10"`` (milliseconds) as seconds."""
+    try:
+        target, interval = (float(x) / 1000 for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not TARGET,INTERVAL in ms (e.g. 0.5,10)"
+        ) from None
+    return target, interval
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -415,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mtu",
         type=int,
-        help="the overlay's MTU in part paths (default: the server's default, 1400)",
+        help="part paths: also measure the overlay with this MTU (its default is 1400)",
     )
     parser.add_argument(
         "--profile",
@@ -423,6 +502,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="part paths: also profile the overlay's server and device with py-spy "
         "during iperf3 each way, into DIR",
+    )
+    parser.add_argument(
+        "--codel",
+        type=codel_pair,
+        metavar="TARGET,INTERVAL",
+        help="part paths: also measure the overlay with this CoDel target and interval "
+        "in ms at both ends (its default is 5,100; 0.5,10 suits a LAN)",
+    )
+    parser.add_argument(
+        "--chart", type=Path, metavar="PNG", help="part paths: also draw the results here"
     )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument(
@@ -453,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.path or list(PATHS),
                     args.mtu,
                     args.profile,
+                    args.codel,
                 )
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
@@ -464,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.chart and "paths" in results:
+        from lab.chart import draw
+
+        draw(results, args.chart)
     return 0
 
 
@@ -487,6 +581,8 @@ def format_results(results: dict[str, Any]) -> str:
             f"reconnect storm, {r['devices']} simulated devices",
             f"  first connect of all          {r['first_connect_s']:>8.2f} s "
             f"({r['tunnels_per_s']} tunnels/s)",
+            f"  server CPU per new tunnel     {r['server_cpu_ms_per_tunnel']:>8.3f} ms "
+            f"(one server process: {r['server_capacity_tunnels_per_s']} tunnels/s)",
             f"  server RSS per idle tunnel    {r['rss_per_tunnel_kib']:>8.1f} KiB "
             f"({r['server_rss_idle_kib']} KiB idle, {r['server_rss_loaded_kib']} KiB loaded)",
             f"  all back after SIGTERM        {r['back_after_sigterm_s']:>8.2f} s "
