@@ -60,6 +60,13 @@ def test_shipped_server_example_has_no_working_password():
         ("port = 443", "port = 70000", "listen.port"),
         ('cert_file = "server.pem"', 'cert_file = "nope.pem"', "listen.cert_file: file .*nope.pem"),
         ("mtu = 1400", "mtu = 100", "overlay.mtu"),
+        (
+            "max_message = 262144",
+            "max_message = 100000",
+            "overlay.max_message: 100000 is too small for offload .* at least 131090",
+        ),
+        ("queue_bytes = 262144", "queue_bytes = 65536", "overlay.queue_bytes: .* for offload"),
+        ("queue_target = 0.005", "queue_target = 0", "overlay.queue_target"),
         ('pool = "169.254.1.0-169.254.255.254"', 'pool = "10.0.0.0/8"', "overlay.pool"),
         ('username = "VPN"', 'usrname = "VPN"', "auth.usrname: unknown key"),
         ("[log]", "[log]\nlevl = 1", "log.levl: unknown key"),
@@ -73,6 +80,15 @@ def test_server_config_errors_name_the_key(server_toml, old, new, message):
         load_server_config(server_toml)
     assert str(server_toml) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_without_offload_smaller_queues_are_fine(server_toml, appliance_toml):
+    edit(server_toml, "offload = true", "offload = false")
+    edit(server_toml, "queue_bytes = 262144", "queue_bytes = 65536")
+    assert load_server_config(server_toml).queue_bytes == 65536
+    edit(appliance_toml, "offload = true", "offload = false")
+    edit(appliance_toml, "queue_bytes = 262144", "queue_bytes = 16384")
+    assert load_appliance_config(appliance_toml).queue_bytes == 16384
 
 
 def test_missing_file(tmp_path):
@@ -180,6 +196,8 @@ def test_device_vrf_and_vrf_tables_together(appliance_toml):
         ('password_file = "password"', 'password_file = "password"\npassword = "x"', "not both"),
         ('name = "ovl0"', 'name = "a-very-long-tun-name"', "tun.name"),
         ("queue_length = 64", "queue_length = 0", "tun.queue_length: must be .* from 8"),
+        ("queue_bytes = 262144", "queue_bytes = 65536", "tun.queue_bytes: .* for offload"),
+        ("queue_interval = 0.1", "queue_interval = -1", "tun.queue_interval"),
         ("max_delay = 60", "max_delay = 0.5", "reconnect.max_delay"),
     ],
 )
