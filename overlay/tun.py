@@ -180,21 +180,6 @@ class Tun:
             raise
         return True
 
-    async def wait_readable(self) -> None:
-        """Wait until the device has at least one packet to read."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(self.fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(self.fd)
-
     def close(self) -> None:
         """Close the device; the kernel removes it with its address and routes."""
         self._device.close()
