@@ -142,9 +142,13 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
             "rss_per_tunnel_kib": round((loaded_rss - idle_rss) / devices, 1),
         }
         for how, sig in (("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL)):
+            signalled = time.monotonic()
             server.send_signal(sig)
             server.wait(timeout=60)
+            results[f"server_gone_after_{how}_s"] = round(time.monotonic() - signalled, 2)
+            started = time.monotonic()
             server = start_server()
+            results[f"server_up_after_{how}_s"] = round(time.monotonic() - started, 2)
             back = events.wait("back", timeout=120 + devices / 20)
             results[f"back_after_{how}_s"] = back["seconds"]
             results[f"same_addresses_after_{how}"] = back["same_addresses"]
@@ -182,7 +186,7 @@ def iperf(
         argv = ["iperf3", "-c", address, "-t", str(seconds), "-J", *extra]
         result = netns.run(client_ns, argv + (["-R"] if reverse else []), timeout=seconds + 60)
         data = json.loads(result.stdout)
-        return round(data["end"]["sum_received"]["bits_per_second"] / 1e6, 1)
+        return round(float(data["end"]["sum_received"]["bits_per_second"]) / 1e6, 1)
     finally:
         netns.stop(server)
 
@@ -198,7 +202,7 @@ def ping_rtt(ns: str, address: str, count: int, interval: float) -> float:
     times = [
         float(x.split("time=")[1].split()[0]) for x in result.stdout.splitlines() if "time=" in x
     ]
-    return round(statistics.median(times), 3)
+    return round(float(statistics.median(times)), 3)
 
 
 def measure(
@@ -586,9 +590,12 @@ def format_results(results: dict[str, Any]) -> str:
             f"  server RSS per idle tunnel    {r['rss_per_tunnel_kib']:>8.1f} KiB "
             f"({r['server_rss_idle_kib']} KiB idle, {r['server_rss_loaded_kib']} KiB loaded)",
             f"  all back after SIGTERM        {r['back_after_sigterm_s']:>8.2f} s "
-            f"(same addresses: {r['same_addresses_after_sigterm']})",
+            f"(same addresses: {r['same_addresses_after_sigterm']}; the server took "
+            f"{r['server_gone_after_sigterm_s']} s to stop, {r['server_up_after_sigterm_s']} s "
+            "to answer again)",
             f"  all back after SIGKILL        {r['back_after_sigkill_s']:>8.2f} s "
-            f"(same addresses: {r['same_addresses_after_sigkill']})",
+            f"(same addresses: {r['same_addresses_after_sigkill']}; the server took "
+            f"{r['server_up_after_sigkill_s']} s to answer again)",
         ]
     return "\n".join(lines)
 
