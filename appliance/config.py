@@ -133,7 +133,8 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     vrfs = name_tuns(root, vrfs)
     tun_queue_length = tun.integer("queue_length", TUN_QUEUE_LENGTH, low=8, high=100000)
     queue_bytes = tun.integer("queue_bytes", bridge.QUEUE_BYTES, low=1500, high=64 << 20)
-    if tun.flag("offload", True):
+    offload = tun.flag("offload", True)
+    if offload:
         configfile.offload_room(tun, "queue_bytes", queue_bytes)
 
     min_delay = reconnect.number("min_delay", 1.0, low=0.1, high=3600)
@@ -152,7 +153,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         queue_bytes=queue_bytes,
         queue_target=tun.number("queue_target", codel.TARGET, low=0.0001, high=1),
         queue_interval=tun.number("queue_interval", codel.INTERVAL, low=0.001, high=10),
-        offload=tun.flag("offload", True),
+        offload=offload,
         keepalive_interval=keepalive.integer("interval", 0, low=0, high=3600) or None,
         keepalive_misses=keepalive.integer("misses", 3, low=1, high=100),
         dhcp_lease_file=path_or_none(dhcp, "lease_file"),

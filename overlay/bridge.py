@@ -139,6 +139,22 @@ class Sender:
         self.codel = codel
         self._wake = asyncio.Event()
 
+    def put_read(self, record: bytes, now: float, offload: bool) -> bool:
+        """Queue what a TUN read (a header and a packet): whole with offload, else as
+        the complete packets it stands for. False when it could not be made so
+        (counted ``malformed``)."""
+        if offload:
+            self.put(record, now)
+            return True
+        try:
+            packets = plain(record)
+        except OffloadError:
+            self.counters.drop(Drop.MALFORMED)
+            return False
+        for packet in packets:
+            self.put(packet, now)
+        return True
+
     def put(self, packet: bytes | memoryview, now: float) -> None:
         """Queue a packet that arrived at ``now`` (never blocks); drop and count it
         when the queue is full."""
@@ -173,19 +189,12 @@ async def pump(tun: Tun, ws: WebSocket, sender: Sender) -> None:
     """Move what the TUN reads into ``sender`` as it arrives, and send it, until
     cancelled: with the headers when the TUN's offload is on, else complete packets."""
     loop = asyncio.get_running_loop()
-    offload, put, counters = tun.offload, sender.put, sender.counters
+    offload, put_read = tun.offload, sender.put_read
 
     def readable() -> None:
         now = time.monotonic()
         for record in tun.read_batch(sender.max_message):
-            if offload:
-                put(record, now)
-                continue
-            try:
-                for packet in plain(record):
-                    put(packet, now)
-            except OffloadError:
-                counters.drop(Drop.MALFORMED)
+            put_read(record, now, offload)
 
     loop.add_reader(tun.fd, readable)
     try:

@@ -67,7 +67,6 @@ class Tun:
         self.name: str = device.name
         self.netns = netns_name
         self.fd: int = device.fileno()
-        self.mtu = 0
         self.offload = False
         self.address: ipaddress.IPv4Interface | None = None
         os.set_blocking(self.fd, False)
@@ -115,7 +114,6 @@ class Tun:
         """
         await asyncio.to_thread(self._configure, address, mtu, queue_length)
         self.address = address
-        self.mtu = mtu
 
     def _configure(
         self, address: ipaddress.IPv4Interface, mtu: int, queue_length: int | None

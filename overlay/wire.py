@@ -2,9 +2,10 @@
 
 A tunnel is a WebSocket (RFC 6455) on path ``/tun``. The server's first message is
 one text frame holding the :class:`Hello`; after it, every binary frame carries
-one or more whole IPv4/IPv6 packets back to back. IP headers are self-delimiting,
-so a frame needs no framing of its own: :func:`split_packets` walks it by the
-length fields and refuses a frame that does not split exactly. docs/protocol.md
+one or more whole IPv4/IPv6 packets back to back (with offload, each behind its
+10-byte virtio-net header). IP headers are self-delimiting, so a frame needs no
+framing of its own: :func:`split_packets` walks it by the length fields and
+refuses a frame that does not split exactly. docs/protocol.md
 is the normative description; this module is its implementation.
 """
 

@@ -26,7 +26,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from overlay.exceptions import FrameError
-from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN, OffloadError, plain
+from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
@@ -132,15 +132,8 @@ class Router:
             if reason is not None:
                 session.counters.drop(reason)
                 continue
-            if session.offload:
-                session.sender.put(record, now)
-            else:
-                try:
-                    for complete in plain(record):
-                        session.sender.put(complete, now)
-                except OffloadError:
-                    session.counters.drop(Drop.MALFORMED)
-                    continue
+            if not session.sender.put_read(record, now, session.offload):
+                continue
             for tap in taps:
                 tap.offer(destination, packet)
 
