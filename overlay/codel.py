@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-TARGET = 0.002  # seconds a packet may wait in a standing queue
-INTERVAL = 0.05  # seconds the wait must last before the first drop
+TARGET = 0.005  # seconds a packet may wait in a standing queue (RFC 8289)
+INTERVAL = 0.1  # seconds the wait must last first: about the round trip of the flows inside
 
 
 class Codel:

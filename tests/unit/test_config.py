@@ -82,6 +82,17 @@ def test_server_config_errors_name_the_key(server_toml, old, new, message):
     assert "\n" not in str(info.value)
 
 
+def test_codel_defaults_are_what_the_examples_and_docs_say(server_toml, appliance_toml):
+    """5 ms / 100 ms (RFC 8289) when the keys are absent, as example.toml states them."""
+    edit(server_toml, "queue_target = 0.005", "")
+    edit(server_toml, "queue_interval = 0.1 ", "# ")
+    edit(appliance_toml, "queue_target = 0.005", "")
+    edit(appliance_toml, "queue_interval = 0.1 ", "# ")
+    server, device = load_server_config(server_toml), load_appliance_config(appliance_toml)
+    assert (server.queue_target, server.queue_interval) == (0.005, 0.1)
+    assert (device.queue_target, device.queue_interval) == (0.005, 0.1)
+
+
 def test_without_offload_smaller_queues_are_fine(server_toml, appliance_toml):
     edit(server_toml, "offload = true", "offload = false")
     edit(server_toml, "queue_bytes = 262144", "queue_bytes = 65536")
