@@ -129,6 +129,7 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
     try:
         up = events.wait("up", timeout=120 + devices / 20)
         handshake_cpu = (cpu_seconds(server.pid) - idle_cpu) / devices
+        loadgen_cpu = cpu_seconds(loadgen.pid) / devices
         time.sleep(2)
         loaded_rss = rss_kib(server.pid)
         results: dict[str, Any] = {
@@ -137,6 +138,7 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
             "tunnels_per_s": round(devices / up["seconds"], 1),
             "server_cpu_ms_per_tunnel": round(handshake_cpu * 1000, 3),
             "server_capacity_tunnels_per_s": round(1 / handshake_cpu) if handshake_cpu else None,
+            "loadgen_cpu_ms_per_tunnel": round(loadgen_cpu * 1000, 3),
             "server_rss_idle_kib": idle_rss,
             "server_rss_loaded_kib": loaded_rss,
             "rss_per_tunnel_kib": round((loaded_rss - idle_rss) / devices, 1),
@@ -149,7 +151,10 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
             started = time.monotonic()
             server = start_server()
             results[f"server_up_after_{how}_s"] = round(time.monotonic() - started, 2)
+            started_cpu = cpu_seconds(server.pid)
             back = events.wait("back", timeout=120 + devices / 20)
+            returning_cpu = (cpu_seconds(server.pid) - started_cpu) / devices
+            results[f"server_cpu_ms_per_return_after_{how}"] = round(returning_cpu * 1000, 3)
             results[f"back_after_{how}_s"] = back["seconds"]
             results[f"same_addresses_after_{how}"] = back["same_addresses"]
             results[f"attempts_after_{how}"] = back["attempts"]
@@ -587,6 +592,8 @@ def format_results(results: dict[str, Any]) -> str:
             f"({r['tunnels_per_s']} tunnels/s)",
             f"  server CPU per new tunnel     {r['server_cpu_ms_per_tunnel']:>8.3f} ms "
             f"(one server process: {r['server_capacity_tunnels_per_s']} tunnels/s)",
+            f"  load generator CPU per tunnel {r['loadgen_cpu_ms_per_tunnel']:>8.3f} ms "
+            "(its own TLS and WebSocket client, on the same 2 cores; its start-up included)",
             f"  server RSS per idle tunnel    {r['rss_per_tunnel_kib']:>8.1f} KiB "
             f"({r['server_rss_idle_kib']} KiB idle, {r['server_rss_loaded_kib']} KiB loaded)",
             f"  all back after SIGTERM        {r['back_after_sigterm_s']:>8.2f} s "
@@ -596,6 +603,9 @@ def format_results(results: dict[str, Any]) -> str:
             f"  all back after SIGKILL        {r['back_after_sigkill_s']:>8.2f} s "
             f"(same addresses: {r['same_addresses_after_sigkill']}; the server took "
             f"{r['server_up_after_sigkill_s']} s to answer again)",
+            f"  server CPU per returning tunnel "
+            f"{r['server_cpu_ms_per_return_after_sigkill']:>6.3f} ms "
+            "(after SIGKILL: the enrolment and the lease exist)",
         ]
     return "\n".join(lines)
 
