@@ -27,7 +27,7 @@ from overlay import bridge, certs, control, wire
 from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
-from overlay.exceptions import ConfigError, PoolExhaustedError
+from overlay.exceptions import ConfigError, PoolExhaustedError, StoreError
 from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.capture import capture_handler
@@ -43,6 +43,7 @@ from overlay.server.registry import Enrollment, Registry
 from overlay.server.router import Router
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
+from overlay.server.sqlite import GroupCommit
 from overlay.session import Counters
 from overlay.tun import Tun
 
@@ -83,6 +84,7 @@ class Server:
         config: ServerConfig,
         store: LeaseStore,
         registry: Registry,
+        commits: GroupCommit,
         tun: Tun,
         collector: Collector | None,
         rulebook: Rulebook,
@@ -90,6 +92,7 @@ class Server:
         self.config = config
         self.store = store
         self.registry = registry
+        self.commits = commits
         self.tun = tun
         self.collector = collector
         self.rulebook = rulebook
@@ -195,13 +198,22 @@ class Server:
             return self._refuse(
                 request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
             )
-        if enrollment is None:
-            self.registry.add(checked.device, None)
-            log.info("device enrolled automatically", device=checked.device, peer=source)
         try:
+            if enrollment is None:
+                self.registry.add(checked.device, None)
             lease = self.store.lease(checked.device, checked.vrf)
+            await self.commits.wait()  # durable before the hello announces it
         except PoolExhaustedError as exc:
             return self._refuse(request, Refusal(503, "pool-exhausted", str(exc)), checked.device)
+        except StoreError as exc:
+            log.error("cannot store the enrolment or lease", device=checked.device, error=str(exc))
+            return self._refuse(
+                request,
+                Refusal(503, "store-error", "the server cannot store the lease; try later"),
+                checked.device,
+            )
+        if enrollment is None:
+            log.info("device enrolled automatically", device=checked.device, peer=source)
 
         config = self.config
         ws = web.WebSocketResponse(
@@ -364,7 +376,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     rulebook = Rulebook(config.firewall, config.rules_file)
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
-        store = LeaseStore(config.lease_file, config.pool)
+        commits = GroupCommit()
+        store = LeaseStore(config.lease_file, config.pool, commits)
         stack.callback(store.close)
         tun = Tun.create(config.tun_name)
         stack.callback(tun.close)
@@ -388,9 +401,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             )
             stack.callback(qoe.close)
 
-        registry = Registry(config.registry_file)
+        registry = Registry(config.registry_file, commits)
         stack.callback(registry.close)
-        server = Server(config, store, registry, tun, collector, rulebook)
+        stack.callback(commits.flush)  # before the stores close
+        server = Server(config, store, registry, commits, tun, collector, rulebook)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

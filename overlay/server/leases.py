@@ -18,7 +18,7 @@ from pathlib import Path
 
 from overlay.addressing import AddressPool
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import connect, connect_readonly
+from overlay.server.sqlite import GroupCommit, connect, connect_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -42,9 +42,10 @@ class Lease:
 class LeaseStore:
     """The lease table of one server."""
 
-    def __init__(self, path: Path, pool: AddressPool) -> None:
+    def __init__(self, path: Path, pool: AddressPool, batch: GroupCommit | None = None) -> None:
         self.path = path
         self.pool = pool
+        self.batch = batch  # None: every new lease is committed at once
         self._db = connect(path, "lease store", SCHEMA)
         try:
             rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
@@ -73,14 +74,18 @@ class LeaseStore:
     def lease(self, device: str, vrf: str) -> Lease:
         """Return the lease of (device, VRF), creating and storing it on first sight.
 
-        Raises :class:`PoolExhaustedError` when the pool has no free address.
+        Raises :class:`PoolExhaustedError` when the pool has no free address. With
+        a :class:`GroupCommit`, a new lease is durable once its ``wait()`` returns.
         """
         existing = self._by_key.get((device, vrf))
         if existing is not None:
             return existing
         address = self.pool.allocate(self._by_address.keys(), after=self._last)
         lease = Lease(device, vrf, address, time.time())
+        last = self._last
         try:
+            if self.batch is not None:
+                self.batch.begin(self._db)
             self._db.execute(
                 "INSERT INTO leases (device, vrf, address, created) VALUES (?, ?, ?, ?)",
                 (device, vrf, str(address), lease.created),
@@ -90,11 +95,21 @@ class LeaseStore:
         self._by_key[(device, vrf)] = lease
         self._by_address[address] = lease
         self._last = address
+        if self.batch is not None:
+            self.batch.undo(self._db, lambda: self._forget(lease, last))
         return lease
+
+    def _forget(self, lease: Lease, last: ipaddress.IPv4Address | None) -> None:
+        """Take back a lease whose commit failed."""
+        del self._by_key[(lease.device, lease.vrf)]
+        del self._by_address[lease.address]
+        self._last = last
 
     def release(self, device: str) -> list[Lease]:
         """Give up every lease of ``device`` (all its VRFs); return them."""
         released = [lease for key, lease in self._by_key.items() if key[0] == device]
+        if self.batch is not None:
+            self.batch.flush()
         try:
             self._db.execute("DELETE FROM leases WHERE device = ?", (device,))
         except sqlite3.Error as exc:

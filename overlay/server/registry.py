@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import connect
+from overlay.server.sqlite import GroupCommit, connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -42,8 +42,9 @@ class Enrollment:
 
 
 class Registry:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, batch: GroupCommit | None = None) -> None:
         self.path = path
+        self.batch = batch  # None: every enrolment is committed at once
         self._db = connect(path, "device registry", SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
         if "client_cert" not in columns:  # a registry from before mutual TLS: keep every row
@@ -56,8 +57,16 @@ class Registry:
         return self._enrollment(row[0]) if row else None
 
     def add(self, device: str, password_hash: str | None, client_cert: bool = False) -> Enrollment:
-        """Enroll ``device``; enrolling it again replaces its password and certificate need."""
+        """Enroll ``device``; enrolling it again replaces its password and certificate need.
+
+        With a :class:`GroupCommit`, the enrolment is durable once its ``wait()`` returns.
+        """
         enrollment = Enrollment(device, password_hash, time.time(), client_cert)
+        if self.batch is not None:
+            try:
+                self.batch.begin(self._db)
+            except sqlite3.Error as exc:
+                raise StoreError(f"device registry {self.path}: {exc}") from None
         self._query(
             "INSERT INTO devices (id, password_hash, created, client_cert) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
@@ -74,6 +83,8 @@ class Registry:
         return Enrollment(row[0], row[1], row[2], bool(row[3]))
 
     def remove(self, device: str) -> bool:
+        if self.batch is not None:
+            self.batch.flush()
         return self._execute("DELETE FROM devices WHERE id = ?", device) > 0
 
     def count(self) -> int:

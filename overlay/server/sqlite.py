@@ -1,4 +1,5 @@
-"""Opening the server's SQLite stores (leases, registry, QoE reports) the same way.
+"""Opening the server's SQLite stores (leases, registry, QoE reports) the same way,
+and committing the writes of concurrent handshakes together.
 
 WAL lets ``overlay`` commands read while the server writes; a busy timeout lets
 a command that writes (``overlay device add``) wait for the server's commit
@@ -7,7 +8,10 @@ rather than fail; full sync makes every commit survive a crash.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from overlay.exceptions import StoreError
@@ -32,3 +36,67 @@ def connect_readonly(path: Path, what: str) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {what} {path}: {exc}") from None
+
+
+class GroupCommit:
+    """One full-sync commit per store for all the writes of one event-loop turn.
+
+    In a storm of new devices each enrolment and each lease used to be its own
+    commit: two ``fdatasync`` per device, each blocking the event loop. A store
+    given a GroupCommit writes inside a transaction that stays open until the
+    end of the turn, when :meth:`flush` commits it; a handshake sends its hello
+    only after :meth:`wait` (the commit), so the sticky-address guarantee is
+    unchanged. A commit that fails is rolled back, the stores undo what they
+    held in memory, and every waiter gets the :class:`StoreError`.
+    """
+
+    def __init__(self) -> None:
+        self._undo: dict[sqlite3.Connection, list[Callable[[], None]]] = {}
+        self._done: asyncio.Future[None] | None = None
+
+    def begin(self, db: sqlite3.Connection) -> None:
+        """Make the next statement on ``db`` part of this turn's transaction."""
+        if db in self._undo:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._undo[db] = []
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            self._done.add_done_callback(_retrieve)
+            loop.call_soon(self.flush)
+
+    def undo(self, db: sqlite3.Connection, step: Callable[[], None]) -> None:
+        """What to take back in memory should ``db``'s commit fail."""
+        self._undo[db].append(step)
+
+    async def wait(self) -> None:
+        """Return once this turn's writes are committed (at once when there are none)."""
+        if self._done is not None:
+            await asyncio.shield(self._done)
+
+    def flush(self) -> None:
+        """Commit now: at the end of the turn, and before a write that must not wait."""
+        undo, self._undo = self._undo, {}
+        done, self._done = self._done, None
+        error: StoreError | None = None
+        for db, steps in undo.items():
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                for step in reversed(steps):
+                    step()
+                error = StoreError(f"cannot commit: {exc}")
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+
+def _retrieve(done: asyncio.Future[None]) -> None:
+    """A failed commit whose waiters all went away is not an unhandled error."""
+    if not done.cancelled():
+        done.exception()

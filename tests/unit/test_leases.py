@@ -5,7 +5,9 @@ import pytest
 
 from overlay.addressing import AddressPool
 from overlay.exceptions import PoolExhaustedError, StoreError
-from overlay.server.leases import LeaseStore
+from overlay.server.leases import LeaseStore, read_leases
+from overlay.server.registry import Registry
+from overlay.server.sqlite import GroupCommit
 
 POOL = AddressPool.parse("169.254.1.0/24")
 
@@ -52,3 +54,45 @@ def test_leases_are_committed_at_once(tmp_path):
     store.lease("SN-1", "default")
     rows = sqlite3.connect(path).execute("SELECT device, address FROM leases").fetchall()
     assert rows == [("SN-1", "169.254.1.1")]
+
+
+async def test_a_group_commit_makes_one_turns_writes_durable_together(tmp_path):
+    commits = GroupCommit()
+    store = LeaseStore(tmp_path / "leases.sqlite", POOL, commits)
+    registry = Registry(tmp_path / "devices.sqlite", commits)
+    registry.add("SN-1", None)
+    leases = [store.lease(f"SN-{n}", "default") for n in range(3)]
+    reader = sqlite3.connect(tmp_path / "leases.sqlite")
+    assert reader.execute("SELECT count(*) FROM leases").fetchone() == (0,)  # not yet
+    await commits.wait()
+    rows = reader.execute("SELECT address FROM leases ORDER BY address").fetchall()
+    assert rows == [(str(lease.address),) for lease in leases]
+    enrolled = sqlite3.connect(tmp_path / "devices.sqlite").execute("SELECT id FROM devices")
+    assert enrolled.fetchall() == [("SN-1",)]
+    await commits.wait()  # nothing pending: returns at once
+
+
+async def test_a_failed_group_commit_takes_the_leases_back(tmp_path):
+    commits = GroupCommit()
+    store = LeaseStore(tmp_path / "leases.sqlite", POOL, commits)
+    kept = store.lease("SN-1", "default")
+    await commits.wait()
+    # A deferred foreign key that every new lease breaks makes the next COMMIT fail.
+    store._db.executescript(
+        """
+        PRAGMA foreign_keys = ON;
+        CREATE TABLE parent (id INTEGER PRIMARY KEY);
+        CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TRIGGER orphan AFTER INSERT ON leases BEGIN INSERT INTO child VALUES (42); END;
+        """
+    )
+    store.lease("SN-2", "default")
+    with pytest.raises(StoreError, match="cannot commit"):
+        await commits.wait()
+    assert store.get("SN-2", "default") is None
+    assert [lease.device for lease in store.all()] == ["SN-1"]
+    assert read_leases(tmp_path / "leases.sqlite") == [kept]
+    store._db.execute("DROP TRIGGER orphan")
+    again = store.lease("SN-3", "default")
+    await commits.wait()
+    assert again.address == ipaddress.IPv4Address("169.254.1.2")  # the address was freed
