@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from appliance.failover import After, after_close, backoff
 from overlay import wire
 from overlay.exceptions import HelloError
@@ -140,7 +142,9 @@ class Fleet:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.password = Path(args.password_file).read_text().strip()
+        self.url = urlsplit(args.url)
+        password = Path(args.password_file).read_text().strip()
+        self.authorization = aiohttp.BasicAuth("VPN", password).encode()
         self.tls = ssl.create_default_context(cafile=args.ca)
         self.first: dict[int, str] = {}  # device -> address of its first hello
         self.connected: set[int] = set()
@@ -155,18 +159,16 @@ class Fleet:
 
     def request(self, name: str) -> tuple[bytes, bytes]:
         """A device's upgrade request, and the Sec-WebSocket-Accept that answers it."""
-        url = urlsplit(self.args.url)
         key = base64.b64encode(os.urandom(16))
-        credentials = base64.b64encode(f"VPN:{self.password}".encode()).decode()
         request = (
-            f"GET {url.path or '/'} HTTP/1.1\r\n"
-            f"Host: {url.netloc}\r\n"
+            f"GET {self.url.path or '/'} HTTP/1.1\r\n"
+            f"Host: {self.url.netloc}\r\n"
             "Upgrade: websocket\r\n"
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Protocol: {wire.SUBPROTOCOL}\r\n"
-            f"Authorization: Basic {credentials}\r\n"
+            f"Authorization: {self.authorization}\r\n"
             f"{wire.HEADER_DEVICE}: {name}\r\n"
             f"{wire.HEADER_VRF}: {wire.DEFAULT_VRF}\r\n"
             "\r\n"
@@ -176,8 +178,7 @@ class Fleet:
 
     async def device(self, index: int) -> None:
         name = f"{self.args.prefix}-{index:05d}"
-        url = urlsplit(self.args.url)
-        host, port = url.hostname, url.port or 443
+        host, port = self.url.hostname, self.url.port or 443
         loop = asyncio.get_running_loop()
         delays = backoff(self.args.min_delay, self.args.max_delay)
         while True:

@@ -83,9 +83,9 @@ class LeaseStore:
         address = self.pool.allocate(self._by_address.keys(), after=self._last)
         lease = Lease(device, vrf, address, time.time())
         last = self._last
+        if self.batch is not None:
+            self.batch.begin(self._db)
         try:
-            if self.batch is not None:
-                self.batch.begin(self._db)
             self._db.execute(
                 "INSERT INTO leases (device, vrf, address, created) VALUES (?, ?, ?, ?)",
                 (device, vrf, str(address), lease.created),

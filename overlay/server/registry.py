@@ -63,10 +63,7 @@ class Registry:
         """
         enrollment = Enrollment(device, password_hash, time.time(), client_cert)
         if self.batch is not None:
-            try:
-                self.batch.begin(self._db)
-            except sqlite3.Error as exc:
-                raise StoreError(f"device registry {self.path}: {exc}") from None
+            self.batch.begin(self._db)
         self._query(
             "INSERT INTO devices (id, password_hash, created, client_cert) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "

@@ -58,7 +58,10 @@ class GroupCommit:
         """Make the next statement on ``db`` part of this turn's transaction."""
         if db in self._undo:
             return
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction: {exc}") from None
         self._undo[db] = []
         if self._done is None:
             loop = asyncio.get_running_loop()
@@ -89,7 +92,7 @@ class GroupCommit:
                 for step in reversed(steps):
                     step()
                 error = StoreError(f"cannot commit: {exc}")
-        if done is not None and not done.done():
+        if done is not None:
             if error is None:
                 done.set_result(None)
             else:
