@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import math
 import secrets
@@ -49,6 +50,20 @@ from overlay.tun import Tun
 
 log = structlog.get_logger("overlay.server")
 T = TypeVar("T")
+FULL_COLLECTION_EVERY = 100  # middle-generation passes per full one; CPython's default is 10
+
+
+def spare_full_collections() -> None:
+    """Let the cyclic collector walk every live object ten times less often.
+
+    A full pass walks about 150 objects per session (170 ms at 4,000 sessions),
+    and with CPython's default a storm of handshakes set one off at every 25%
+    of growth: a fifth of the server's CPU per new tunnel, for nothing, since
+    sessions are freed by reference counting. The young generations, which
+    collect the short-lived cycles, run as before.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:
@@ -370,6 +385,7 @@ class Server:
 
 async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     """Run the server until ``stop`` is set, then close every session with 1001."""
+    spare_full_collections()
     context = tls_context(config)
     await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
