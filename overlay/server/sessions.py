@@ -49,6 +49,7 @@ class ServerSession:
         self.offload = offload  # packets travel behind their virtio-net headers
         self.keepalive = Keepalive(ping_interval, keepalive_misses)
         self.close_code: int | None = None
+        self.close_reason: str | None = None  # ours, when the server closed the tunnel
         self.log = structlog.get_logger("overlay.session").bind(
             device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
         )
@@ -86,7 +87,12 @@ class ServerSession:
         with contextlib.suppress(Exception):
             await self.ws.close()
         self.tunnel.advance(State.CLOSED)
-        self.log.info("tunnel closed", code=self.close_code, **self.counters.as_dict())
+        self.log.info(
+            "tunnel closed",
+            code=self.close_code,
+            reason=self.close_reason,
+            **self.counters.as_dict(),
+        )
 
     async def close(self, code: CloseCode, reason: str, wait: float = CLOSE_WAIT) -> None:
         """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …).
@@ -98,9 +104,10 @@ class ServerSession:
             return
         self.tunnel.advance(State.CLOSING)
         self.close_code = code
-        self.log.info("closing tunnel", code=int(code), reason=reason)
+        self.close_reason = reason  # logged once, with the counters, when run() ends
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), wait)
+            async with asyncio.timeout(wait):  # no task of its own, unlike wait_for
+                await self.ws.close(code=code, message=reason.encode())
 
     def status(self) -> dict[str, Any]:
         return {
