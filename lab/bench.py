@@ -89,6 +89,10 @@ def two_namespaces(work: Path, client: str) -> None:
 
 def reconnect(work: Path, devices: int) -> dict[str, Any]:
     two_namespaces(work, GEN)
+    # All devices share the generator's one address, unlike a real fleet: with
+    # the default 28,000 ephemeral ports, a return while 10,000 old connections
+    # linger made each connect() search long for a free port.
+    netns.sysctl(GEN, "net.ipv4.ip_local_port_range", "1024 65535")
     password = os.urandom(12).hex()
     (work / "password").write_text(password)
     ca = deploy.pki(work / "pki", [SERVER_IP])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import signal
 import sys
@@ -13,6 +14,7 @@ import structlog
 
 from overlay.exceptions import OverlayError
 
+FULL_COLLECTION_EVERY = 100  # middle-generation passes per full one; CPython's default is 10
 Main = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -59,6 +61,19 @@ def raise_file_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def spare_full_collections() -> None:
+    """Let the cyclic collector walk every live object ten times less often.
+
+    A full pass walks about 150 objects per session (170 ms at 4,000 sessions),
+    and with CPython's default a storm of handshakes set one off at every 25%
+    of growth: a fifth of the server's CPU per new tunnel, for nothing, since
+    sessions are freed by reference counting. The young generations, which
+    collect the short-lived cycles, run as before.
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def fail(message: str, code: int = 1) -> int:

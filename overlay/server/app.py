@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import math
 import secrets
@@ -29,6 +28,7 @@ from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
 from overlay.exceptions import ConfigError, PoolExhaustedError, StoreError
+from overlay.process import spare_full_collections
 from overlay.server import admin
 from overlay.server.auth import Checker, Credentials, PasswordHash
 from overlay.server.capture import capture_handler
@@ -54,20 +54,6 @@ T = TypeVar("T")
 # overflowed in a storm: each dropped SYN cost its device a 1 s (then 3, 7 s)
 # retransmission. Linux caps it at net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 4096
-FULL_COLLECTION_EVERY = 100  # middle-generation passes per full one; CPython's default is 10
-
-
-def spare_full_collections() -> None:
-    """Let the cyclic collector walk every live object ten times less often.
-
-    A full pass walks about 150 objects per session (170 ms at 4,000 sessions),
-    and with CPython's default a storm of handshakes set one off at every 25%
-    of growth: a fifth of the server's CPU per new tunnel, for nothing, since
-    sessions are freed by reference counting. The young generations, which
-    collect the short-lived cycles, run as before.
-    """
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:
