@@ -1,3 +1,4 @@
+import asyncio
 import ipaddress
 import sqlite3
 
@@ -70,6 +71,18 @@ async def test_a_group_commit_makes_one_turns_writes_durable_together(tmp_path):
     enrolled = sqlite3.connect(tmp_path / "devices.sqlite").execute("SELECT id FROM devices")
     assert enrolled.fetchall() == [("SN-1",)]
     await commits.wait()  # nothing pending: returns at once
+
+
+async def test_writes_of_later_turns_join_the_open_window(tmp_path):
+    commits = GroupCommit(window=0.05)
+    store = LeaseStore(tmp_path / "leases.sqlite", POOL, commits)
+    reader = sqlite3.connect(tmp_path / "leases.sqlite")
+    store.lease("SN-1", "default")
+    await asyncio.sleep(0.01)  # a few turns of the event loop later, within the window
+    store.lease("SN-2", "default")
+    assert reader.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+    await commits.wait()
+    assert reader.execute("SELECT count(*) FROM leases").fetchone() == (2,)
 
 
 async def test_a_failed_group_commit_takes_the_leases_back(tmp_path):
