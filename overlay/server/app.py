@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import math
 import secrets
@@ -467,6 +468,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         await stop.wait()
         log.info("server stopping", sessions=len(server.router.by_key))
         listener.close()
+        gc.freeze()  # leaving: no need to walk every session's objects again while they close
         await server.close_sessions()
     log.info("server stopped")
 
