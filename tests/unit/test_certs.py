@@ -1,18 +1,21 @@
-"""Pins, client certificates and the registry's certificate flag, without sockets."""
+"""Pins, client certificates, the registry's certificate flag, the server's TLS: no sockets."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import sqlite3
 import ssl
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from appliance.config import load_appliance_config
 from overlay import certs
 from overlay.exceptions import ConfigError
+from overlay.server.app import tls_context
 from overlay.server.registry import Registry
 
 
@@ -99,3 +102,30 @@ ca_file = "ca.pem"
     path.write_text(base + 'client_cert_file = "dev1.pem"\n')
     with pytest.raises(ConfigError, match="client_cert_file and client_key_file together"):
         load_appliance_config(path)
+
+
+def test_the_server_sends_no_session_tickets(tmp_path: Path) -> None:
+    """Devices never resume a session; tickets would cost every handshake for nothing."""
+    certs.init(tmp_path, ["overlay.test"])
+    config = SimpleNamespace(
+        cert_file=tmp_path / certs.CERT_FILE,
+        key_file=tmp_path / certs.KEY_FILE,
+        client_ca_file=None,
+    )
+    server_bios, client_bios = (
+        (ssl.MemoryBIO(), ssl.MemoryBIO()),
+        (ssl.MemoryBIO(), ssl.MemoryBIO()),
+    )
+    server = tls_context(config).wrap_bio(*server_bios, server_side=True)
+    trust = ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)
+    client = trust.wrap_bio(*client_bios, server_hostname="overlay.test")
+    for _ in range(4):  # ClientHello, the server's flight, Finished, then anything after
+        for end in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+        server_bios[0].write(client_bios[1].read())
+        client_bios[0].write(server_bios[1].read())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.read(1)  # takes in whatever the server sent after the handshake
+    assert client.version() == "TLSv1.3"
+    assert not client.session.has_ticket
