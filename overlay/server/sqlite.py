@@ -64,7 +64,7 @@ class GroupCommit:
         self._timer: asyncio.TimerHandle | None = None
 
     def begin(self, db: sqlite3.Connection) -> None:
-        """Make the next statement on ``db`` part of this turn's transaction."""
+        """Make the next statement on ``db`` part of this window's transaction."""
         if db in self._undo:
             return
         try:
