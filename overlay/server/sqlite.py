@@ -83,7 +83,7 @@ class GroupCommit:
         self._undo[db].append(step)
 
     async def wait(self) -> None:
-        """Return once this turn's writes are committed (at once when there are none)."""
+        """Return once this window's writes are committed (at once when there are none)."""
         if self._done is not None:
             await asyncio.shield(self._done)
 
