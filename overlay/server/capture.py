@@ -5,7 +5,9 @@ offers it every packet it forwards (after the policy: what the device really
 sent and got). The tap queues copies up to a bound and counts what it had to
 drop rather than slow the router. The control socket streams the tap as a pcap
 file (``GET /capture?device=ID&count=N&seconds=S``) until the count or the time
-is reached or the reader goes away.
+is reached or the reader goes away. The tap is in place before the file header
+is sent, so whoever has the header (a script starting a capture, then traffic)
+misses nothing that follows.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ def capture_handler(router: Router, store: LeaseStore) -> Handler:
         seconds = float(request.query.get("seconds", "0")) or None
         response = web.StreamResponse(headers={"Content-Type": "application/vnd.tcpdump.pcap"})
         await response.prepare(request)
-        await response.write(pcap.file_header())
         tap = Tap(addresses)
-        router.taps.append(tap)
+        router.taps.append(tap)  # before the file header: whoever has it misses no packet
         written = 0
         deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
         try:
+            await response.write(pcap.file_header())
             while count is None or written < count:
                 timeout = None if deadline is None else deadline - asyncio.get_running_loop().time()
                 if timeout is not None and timeout <= 0:

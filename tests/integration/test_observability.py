@@ -172,7 +172,12 @@ def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
         SRV, capture_argv("dev1", str(pcap_file), "-c", "8"), tmp_path / "capture.log"
     )
     overlay.processes.append(capture)
-    time.sleep(0.5)
+    deploy.wait_for(
+        "the capture's pcap header",
+        lambda: pcap_file.exists() and pcap_file.stat().st_size >= 24,
+        process=capture,
+        log=tmp_path / "capture.log",
+    )
     netns.run("ovlt-dev2", ["ping", "-c", "2", "-i", "0.2", "169.254.0.1"])  # not dev1: not kept
     netns.run("ovlt-dev1", ["ping", "-c", "4", "-i", "0.2", "169.254.0.1"])
     capture.wait(timeout=20)
