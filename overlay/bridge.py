@@ -57,6 +57,12 @@ FRAME_BYTES = 65536
 QUEUE_BYTES = 262144
 
 
+def bound_kernel_send_buffer(sock: Any) -> None:
+    """Let at most UNSENT_BYTES wait unsent in the kernel. On a listening socket this
+    holds for every connection it accepts."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
+
+
 def bound_send_buffers(transport: Any) -> None:
     """Keep the kernel's and the transport's share of a tunnel's sending small
     (None: nothing to do). The WebSocket writer must wait for the transport after
@@ -65,7 +71,7 @@ def bound_send_buffers(transport: Any) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
+        bound_kernel_send_buffer(sock)
     transport.set_write_buffer_limits(high=UNSENT_BYTES)
 
 

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from overlay.exceptions import FrameError, HelloError
 from overlay.packet import PacketError, packet_length
@@ -40,6 +40,8 @@ OFFLOAD_VNET = "vnet"
 DEFAULT_MTU = 1400
 DEFAULT_PING_INTERVAL = 60
 DEFAULT_MAX_MESSAGE = 262144
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class CloseCode(enum.IntEnum):
@@ -69,7 +71,10 @@ class Hello:
     type: str = "hello"
 
     def serialize(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Not asdict(), which deep-copies every value: a reconnect storm sends thousands a second.
+        return _COMPACT_JSON.encode(
+            {field.name: getattr(self, field.name) for field in fields(self)}
+        )
 
     @classmethod
     def parse(cls, text: str) -> Hello:

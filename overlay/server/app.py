@@ -15,10 +15,11 @@ import gc
 import ipaddress
 import math
 import secrets
+import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
@@ -234,7 +235,8 @@ class Server:
         )
         await ws.prepare(request)
         self.gate.settled(request.transport)
-        bridge.bound_send_buffers(request.transport)
+        if request.transport is not None:  # the kernel's share is bounded by the listener
+            request.transport.set_write_buffer_limits(high=bridge.UNSENT_BYTES)
         self.handshakes += 1
         session = ServerSession(
             ws,
@@ -384,7 +386,6 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     rulebook = Rulebook(config.firewall, config.rules_file)
-    loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         commits = GroupCommit()
         store = LeaseStore(config.lease_file, config.pool, commits)
@@ -415,19 +416,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.callback(registry.close)
         stack.callback(commits.flush)  # before the stores close
         server = Server(config, store, registry, commits, tun, collector, rulebook)
-        runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+        # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
+        runner = web.AppRunner(
+            server.app(), access_log=None, handle_signals=False, tcp_keepalive=False
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         assert runner.server is not None  # set by setup()
         listener = await listen(
-            loop.create_server(
+            listen_for_tunnels(
                 server.gate.wrap(runner.server),
                 config.host,
                 config.port,
-                ssl=context,
-                reuse_address=True,
-                backlog=LISTEN_BACKLOG,
-                ssl_handshake_timeout=config.handshake_timeout,
+                context,
+                config.handshake_timeout,
             ),
             f"{config.host}:{config.port}",
         )
@@ -474,6 +476,33 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         gc.freeze()  # leaving: no need to walk every session's objects again while they close
         await server.close_sessions()
     log.info("server stopped")
+
+
+async def listen_for_tunnels(
+    factory: Callable[[], asyncio.Protocol],
+    host: str | None,
+    port: int,
+    context: ssl.SSLContext,
+    handshake_timeout: float,
+) -> asyncio.Server:
+    """The tunnels' listener, set up before it listens: the connections it accepts
+    inherit TCP keepalive and the small unsent bound of the kernel's send buffer
+    (bridge.UNSENT_BYTES), which spares every new tunnel the system calls that set them."""
+    listener = await asyncio.get_running_loop().create_server(
+        factory,
+        host,
+        port,
+        ssl=context,
+        reuse_address=True,
+        backlog=LISTEN_BACKLOG,
+        ssl_handshake_timeout=handshake_timeout,
+        start_serving=False,
+    )
+    for sock in listener.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        bridge.bound_kernel_send_buffer(sock)
+    await listener.start_serving()
+    return listener
 
 
 async def refuse_weak_password(config: ServerConfig) -> None:

@@ -19,6 +19,8 @@ from overlay.wire import CloseCode, Hello
 
 CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
 
+log = structlog.get_logger("overlay.session")
+
 
 class ServerSession:
     """A device's tunnel, from the hello to the close."""
@@ -50,7 +52,7 @@ class ServerSession:
         self.keepalive = Keepalive(ping_interval, keepalive_misses)
         self.close_code: int | None = None
         self.close_reason: str | None = None  # ours, when the server closed the tunnel
-        self.log = structlog.get_logger("overlay.session").bind(
+        self.log = log.bind(
             device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
         )
 
