@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import ssl
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from overlay import certs
+from overlay.server.app import tls_context
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -16,3 +22,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The server's TLS context with a fresh certificate for overlay.test, and a client's
+    context that trusts the CA behind it."""
+    certs.init(tmp_path, ["overlay.test"])
+    config = SimpleNamespace(
+        cert_file=tmp_path / certs.CERT_FILE,
+        key_file=tmp_path / certs.KEY_FILE,
+        client_ca_file=None,
+    )
+    return tls_context(config), ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)

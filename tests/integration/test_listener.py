@@ -5,22 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from pathlib import Path
-from types import SimpleNamespace
 
-from overlay import bridge, certs
-from overlay.server.app import listen_for_tunnels, tls_context
+from overlay import bridge
+from overlay.server.app import listen_for_tunnels
 
 
-def test_accepted_tunnels_inherit_keepalive_and_the_unsent_bound(tmp_path: Path) -> None:
+def test_accepted_tunnels_inherit_keepalive_and_the_unsent_bound(
+    server_tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
     """The server sets these on the listener only; every tunnel must still have them."""
-    certs.init(tmp_path, ["overlay.test"])
-    config = SimpleNamespace(
-        cert_file=tmp_path / certs.CERT_FILE,
-        key_file=tmp_path / certs.KEY_FILE,
-        client_ca_file=None,
-    )
-    trust = ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)
+    server_context, trust = server_tls
 
     async def accepted_socket_options() -> tuple[int, int]:
         options: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
@@ -35,7 +29,7 @@ def test_accepted_tunnels_inherit_keepalive_and_the_unsent_bound(tmp_path: Path)
                     )
                 )
 
-        listener = await listen_for_tunnels(Probe, "127.0.0.1", 0, tls_context(config), 5)
+        listener = await listen_for_tunnels(Probe, "127.0.0.1", 0, server_context, 5)
         port = listener.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection(
             "127.0.0.1", port, ssl=trust, server_hostname="overlay.test"

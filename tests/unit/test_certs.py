@@ -8,14 +8,12 @@ import sqlite3
 import ssl
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from appliance.config import load_appliance_config
 from overlay import certs
 from overlay.exceptions import ConfigError
-from overlay.server.app import tls_context
 from overlay.server.registry import Registry
 
 
@@ -104,20 +102,16 @@ ca_file = "ca.pem"
         load_appliance_config(path)
 
 
-def test_the_server_sends_no_session_tickets(tmp_path: Path) -> None:
+def test_the_server_sends_no_session_tickets(
+    server_tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
     """Devices never resume a session; tickets would cost every handshake for nothing."""
-    certs.init(tmp_path, ["overlay.test"])
-    config = SimpleNamespace(
-        cert_file=tmp_path / certs.CERT_FILE,
-        key_file=tmp_path / certs.KEY_FILE,
-        client_ca_file=None,
-    )
+    server_context, trust = server_tls
     server_bios, client_bios = (
         (ssl.MemoryBIO(), ssl.MemoryBIO()),
         (ssl.MemoryBIO(), ssl.MemoryBIO()),
     )
-    server = tls_context(config).wrap_bio(*server_bios, server_side=True)
-    trust = ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)
+    server = server_context.wrap_bio(*server_bios, server_side=True)
     client = trust.wrap_bio(*client_bios, server_hostname="overlay.test")
     for _ in range(4):  # ClientHello, the server's flight, Finished, then anything after
         for end in (client, server):
