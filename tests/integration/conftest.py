@@ -196,6 +196,16 @@ class Overlay:
             netns.remove(ns)
 
 
+def wait_log(path: Path, text: str, timeout: float = 20) -> str:
+    """Wait until ``text`` is in the log at ``path``; return the whole log."""
+    return deploy.wait_for(
+        f"{text!r} in {path.name}",
+        lambda: path.exists() and text in path.read_text() and path.read_text(),
+        timeout=timeout,
+        log=path,
+    )
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A CA and a server certificate for overlay.test and 198.18.0.1 (trustme)."""

@@ -12,18 +12,9 @@ from pyroute2 import IPRoute
 from lab import deploy, netns
 from lab.deploy import BIN, wait_for
 from overlay import certs
-from tests.integration.conftest import SERVER_IP, SRV, Overlay
+from tests.integration.conftest import SERVER_IP, SRV, Overlay, wait_log
 
 pytestmark = pytest.mark.netns
-
-
-def wait_log(path: Path, text: str, timeout: float = 15) -> str:
-    return wait_for(
-        f"{text!r} in {path.name}",
-        lambda: path.exists() and text in path.read_text() and path.read_text(),
-        timeout=timeout,
-        log=path,
-    )
 
 
 def tun_addresses(ns: str) -> list[str]:

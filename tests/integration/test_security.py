@@ -12,7 +12,7 @@ from lab import deploy, netns
 from lab.deploy import BIN, wait_for
 from overlay import certs
 from overlay.server.auth import hash_password
-from tests.integration.conftest import PASSWORD, SRV, URL, Device, Overlay
+from tests.integration.conftest import PASSWORD, SRV, URL, Device, Overlay, wait_log
 
 pytestmark = pytest.mark.netns
 
@@ -203,15 +203,6 @@ def test_enrollment_own_passwords_unbind_and_remove(overlay: Overlay) -> None:
     assert bad.returncode == 1 and bad.stderr.startswith("error: 'bad id' is not a device id")
     assert (
         json.loads(overlay_cli(overlay, "device", "list", "--json").stdout)[0]["device"] == "dev2"
-    )
-
-
-def wait_log(path: Path, text: str) -> str:
-    return wait_for(
-        f"{text!r} in {path.name}",
-        lambda: path.exists() and text in path.read_text() and path.read_text(),
-        timeout=20,
-        log=path,
     )
 
 
