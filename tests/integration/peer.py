@@ -6,10 +6,12 @@ python -m tests.integration.peer send tcp|udp ADDRESS PORT NBYTES
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import sys
+import threading
 import time
 
 
@@ -51,15 +53,26 @@ def send(kind: str, address: str, port: int, size: int) -> int:
             received += echo
     else:
         with socket.create_connection((address, port), timeout=10) as sock:
+            # Read the echo while sending: a sender that reads only at the end
+            # deadlocks once the echo fills its receive buffer and the peer's
+            # send buffer, which a tunnel's small buffers make likely.
+            chunks: list[bytes] = []
+            reader = threading.Thread(target=read_until_closed, args=(sock, chunks))
+            reader.start()
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
+            reader.join()
             received = b"".join(chunks)
     same = hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
     print(f"sent {size} received {len(received)} {'match' if same else 'MISMATCH'}")
     return 0 if same else 1
+
+
+def read_until_closed(sock: socket.socket, chunks: list[bytes]) -> None:
+    """Append what arrives on ``sock`` to ``chunks`` until the peer closes (or the timeout)."""
+    with contextlib.suppress(TimeoutError):
+        while data := sock.recv(65536):
+            chunks.append(data)
 
 
 def sink(address: str, port: int) -> None:
