@@ -102,10 +102,10 @@ def captured(ns: str, seconds: float, action) -> int:  # type: ignore[no-untyped
     process = netns.spawn(
         ns,
         ["tcpdump", "-i", "eth0", "-nn", "-q", "--immediate-mode", "-l", "tcp port 443"],
-        Path(f"/tmp/{ns}.tcpdump"),
+        log,
     )
     try:
-        time.sleep(1)
+        wait_for("tcpdump start", lambda: "listening on" in log.read_text(), process=process)
         action()
         time.sleep(seconds)
     finally:
