@@ -63,13 +63,14 @@ def bound_kernel_send_buffer(sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, UNSENT_BYTES)
 
 
-def bound_send_buffers(transport: Any) -> None:
+def bound_send_buffers(transport: Any, inherited: bool = False) -> None:
     """Keep the kernel's and the transport's share of a tunnel's sending small
-    (None: nothing to do). The WebSocket writer must wait for the transport after
+    (None: nothing to do); ``inherited``: the socket has the kernel's bound from its
+    listener already. The WebSocket writer must wait for the transport after
     every frame as well (its limit 0), or it fills the transport regardless."""
     if transport is None:
         return
-    sock = transport.get_extra_info("socket")
+    sock = None if inherited else transport.get_extra_info("socket")
     if sock is not None:
         bound_kernel_send_buffer(sock)
     transport.set_write_buffer_limits(high=UNSENT_BYTES)

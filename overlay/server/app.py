@@ -235,8 +235,7 @@ class Server:
         )
         await ws.prepare(request)
         self.gate.settled(request.transport)
-        if request.transport is not None:  # the kernel's share is bounded by the listener
-            request.transport.set_write_buffer_limits(high=bridge.UNSENT_BYTES)
+        bridge.bound_send_buffers(request.transport, inherited=True)  # listen_for_tunnels
         self.handshakes += 1
         session = ServerSession(
             ws,

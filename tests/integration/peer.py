@@ -57,7 +57,7 @@ def send(kind: str, address: str, port: int, size: int) -> int:
             # deadlocks once the echo fills its receive buffer and the peer's
             # send buffer, which a tunnel's small buffers make likely.
             chunks: list[bytes] = []
-            reader = threading.Thread(target=read_until_closed, args=(sock, chunks))
+            reader = threading.Thread(target=read_until_closed, args=(sock, chunks), daemon=True)
             reader.start()
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
