@@ -392,8 +392,7 @@ class DeviceTunnel:
                     config.connect_timeout,
                 )
                 async with ws:
-                    # aiohttp takes writer_limit for server WebSockets only (PR #9572)
-                    ws._writer._limit = 0
+                    bridge.wait_for_transport_after_every_frame(ws)
                     bridge.bound_send_buffers(ws._writer.transport)
                     hello = await self._receive_hello(ws)
                     if self.server is not None and url != self.server:

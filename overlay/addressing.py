@@ -76,13 +76,6 @@ class AddressPool:
         base = int(self.first)
         return sum(is_assignable(ipaddress.IPv4Address(base + n)) for n in range(self._size))
 
-    def __contains__(self, address: object) -> bool:
-        return (
-            isinstance(address, ipaddress.IPv4Address)
-            and self.first <= address <= self.last
-            and is_assignable(address)
-        )
-
     def allocate(
         self, taken: Container[ipaddress.IPv4Address], after: ipaddress.IPv4Address | None = None
     ) -> ipaddress.IPv4Address:

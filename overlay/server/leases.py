@@ -64,9 +64,6 @@ class LeaseStore:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def get(self, device: str, vrf: str) -> Lease | None:
-        return self._by_key.get((device, vrf))
-
     def owner(self, address: ipaddress.IPv4Address) -> Lease | None:
         """The lease holding ``address``, if any."""
         return self._by_address.get(address)

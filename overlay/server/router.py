@@ -147,6 +147,3 @@ class Router:
                 table.sweep(now)
                 if not table.flows and address not in self.by_address:
                     del self.flows[address]
-
-    def flow_count(self) -> int:
-        return sum(len(table.flows) for table in self.flows.values())

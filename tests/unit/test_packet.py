@@ -1,10 +1,8 @@
-import ipaddress
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay.packet import PacketError, PacketInfo, packet_length
+from overlay.packet import PacketError, packet_length
 from tests.packets import ipv4, ipv6
 
 
@@ -39,31 +37,6 @@ def test_length_at_offset():
 def test_bad_headers_are_refused(data, message):
     with pytest.raises(PacketError, match=message):
         packet_length(data)
-
-
-def test_parse_udp():
-    info = PacketInfo.parse(ipv4("169.254.1.1", "169.254.0.1", 17, b"hi", 40000, 514))
-    assert info.version == 4
-    assert info.src == ipaddress.IPv4Address("169.254.1.1")
-    assert info.dst == ipaddress.IPv4Address("169.254.0.1")
-    assert (info.protocol, info.src_port, info.dst_port) == (17, 40000, 514)
-
-
-def test_parse_tcp_and_icmp():
-    assert PacketInfo.parse(ipv4("169.254.0.1", "169.254.1.1", 6, b"", 5555, 443)).dst_port == 443
-    icmp = PacketInfo.parse(ipv4("169.254.0.1", "169.254.1.1", 1))
-    assert (icmp.protocol, icmp.icmp_type, icmp.src_port) == (1, 8, None)
-
-
-def test_parse_ipv6():
-    info = PacketInfo.parse(ipv6("fd00::1", "fd00::2", 17, b"\x01\x02\x00\xa1" + b"\x00" * 4))
-    assert (info.version, info.dst_port, str(info.dst)) == (6, 161, "fd00::2")
-
-
-def test_parse_refuses_a_packet_shorter_than_it_says():
-    packet = ipv4("169.254.1.1", "169.254.0.1", payload=b"x" * 10)
-    with pytest.raises(PacketError, match="says"):
-        PacketInfo.parse(packet[:-1])
 
 
 @given(st.binary(max_size=200))
