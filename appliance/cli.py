@@ -23,8 +23,8 @@ from appliance.exceptions import ApplianceError, InputError, VrfError
 from appliance.tunnel import DeviceTunnel, RefusedVrf
 from appliance.vrf import backend as vrf_backend
 from overlay import control, log, process
-from overlay.cli import duration
 from overlay.exceptions import OverlayError
+from overlay.text import duration
 from overlay.tun import Tun
 
 

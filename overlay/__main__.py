@@ -1,5 +1,5 @@
 import sys
 
-from overlay.cli import main
+from overlay.server.cli import main
 
 sys.exit(main())

@@ -33,6 +33,7 @@ from overlay.server.qoe import ReportStore
 from overlay.server.registry import Registry
 from overlay.server.rulebook import Rulebook
 from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
+from overlay.text import counts, duration
 
 MIN_PASSWORD = 8
 
@@ -504,7 +505,7 @@ def format_status(data: dict[str, Any]) -> str:
     ]
     now = time.time()
     for s in data["sessions"]:
-        drops = ",".join(f"{k}={v}" for k, v in sorted(s["drops"].items())) or "0"
+        drops = counts(s["drops"], ",", "0")
         lines.append(
             f"{s['device']:<18} {s['vrf']:<10} {s['address']:<15} {s['peer']:<15} "
             f"{duration(now - s['since']):>7} {s['rx_bytes']:>11}/{s['rx_packets']:<5} "
@@ -522,9 +523,7 @@ def format_status(data: dict[str, Any]) -> str:
             or "none"
         )
     )
-    lines.append(
-        "drops: " + (", ".join(f"{k}={v}" for k, v in sorted(data["drops"].items())) or "none")
-    )
+    lines.append("drops: " + counts(data["drops"]))
     if "flows" not in data:  # the whole server (one device's view lists its flows last)
         firewall = data["firewall"]
         lines.append(
@@ -532,10 +531,7 @@ def format_status(data: dict[str, Any]) -> str:
             f"{firewall['flows']} flows, {firewall['opened']} opened, "
             f"{firewall['unmatched']} denied by no rule"
         )
-    lines.append(
-        "refusals: "
-        + (", ".join(f"{k}={v}" for k, v in sorted(data["refusals"].items())) or "none")
-    )
+    lines.append("refusals: " + counts(data["refusals"]))
     if "flows" in data:
         lines += ["", format_flows(data["flows"])]
     return "\n".join(lines)
@@ -560,10 +556,3 @@ def format_flows(flows: list[dict[str, Any]]) -> str:
             f"{f['expires_in']:>7.0f}s"
         )
     return "\n".join(lines)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
