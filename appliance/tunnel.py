@@ -38,8 +38,9 @@ from appliance.failover import After, ServerOrder, after_close, after_refusal, b
 from appliance.vrf import Backend
 from overlay import bridge, certs, log, wire
 from overlay.codel import Codel
+from overlay.counters import Counters
 from overlay.exceptions import HelloError, TunError
-from overlay.session import Counters, Keepalive
+from overlay.keepalive import Keepalive
 from overlay.tun import Tun
 
 HELLO_TIMEOUT = 10.0

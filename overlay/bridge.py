@@ -27,9 +27,11 @@ from typing import Any, Protocol
 import aiohttp
 
 from overlay.codel import Codel
+from overlay.counters import Counters, Drop
 from overlay.exceptions import FrameError
+from overlay.keepalive import Beat, Keepalive
 from overlay.offload import HEADER_SIZE, PLAIN, OffloadError, plain
-from overlay.session import Beat, Counters, Drop, Keepalive, Outbox
+from overlay.outbox import Outbox
 from overlay.tun import Tun
 from overlay.wire import split_packets
 

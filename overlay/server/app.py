@@ -29,6 +29,7 @@ from overlay import bridge, certs, control, wire
 from overlay import log as overlay_log
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
+from overlay.counters import Counters
 from overlay.exceptions import ConfigError, PoolExhaustedError, StoreError
 from overlay.process import spare_full_collections
 from overlay.server import admin
@@ -47,7 +48,6 @@ from overlay.server.router import Router
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.server.sqlite import GroupCommit
-from overlay.session import Counters
 from overlay.tun import Tun
 
 log = structlog.get_logger("overlay.server")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from struct import unpack_from
 from typing import Any
 
+from overlay.counters import Drop
 from overlay.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from overlay.server.rules import FROM_DEVICE, PROTOCOL_NAMES, TO_DEVICE, Ruleset
-from overlay.session import Drop
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 
 from overlay.addressing import SERVICE_RANGE
+from overlay.counters import Drop
 from overlay.packet import IPV4_DST, IPV4_SRC
-from overlay.session import Drop
 
 
 class Policy:

@@ -25,12 +25,12 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from overlay.counters import Drop
 from overlay.exceptions import FrameError
 from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
-from overlay.session import Drop
 from overlay.tun import Tun
 from overlay.wire import split_packets
 

@@ -12,9 +12,11 @@ from aiohttp import web
 
 from overlay import bridge
 from overlay.codel import Codel
+from overlay.counters import Counters
+from overlay.keepalive import Keepalive
 from overlay.server.leases import Lease
+from overlay.server.lifecycle import Lifecycle, State
 from overlay.server.router import Router
-from overlay.session import Counters, Keepalive, State, Tunnel
 from overlay.wire import CloseCode, Hello
 
 CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
@@ -45,7 +47,7 @@ class ServerSession:
         self.peer = peer
         self.id = session_id
         self.since = time.time()
-        self.tunnel = Tunnel()
+        self.lifecycle = Lifecycle()
         self.counters = Counters()
         self.sender = bridge.Sender(queue_bytes, max_message, self.counters, codel)
         self.offload = offload  # packets travel behind their virtio-net headers
@@ -59,7 +61,7 @@ class ServerSession:
     async def run(self, router: Router, hello: Hello) -> None:
         """Send the hello, then carry packets until either end closes or the device falls silent."""
         await self.ws.send_str(hello.serialize())
-        self.tunnel.advance(State.OPEN)
+        self.lifecycle.advance(State.OPEN)
         self.log.info("tunnel open", peer=self.peer)
         tasks = [
             asyncio.create_task(
@@ -88,7 +90,7 @@ class ServerSession:
             self.close_code = self.ws.close_code
         with contextlib.suppress(Exception):
             await self.ws.close()
-        self.tunnel.advance(State.CLOSED)
+        self.lifecycle.advance(State.CLOSED)
         self.log.info(
             "tunnel closed",
             code=self.close_code,
@@ -102,9 +104,9 @@ class ServerSession:
         Waits at most ``wait`` seconds for the device to answer the close, then
         drops the connection: a silent device would otherwise hold it for long.
         """
-        if self.tunnel.state in (State.CLOSING, State.CLOSED):
+        if self.lifecycle.state in (State.CLOSING, State.CLOSED):
             return
-        self.tunnel.advance(State.CLOSING)
+        self.lifecycle.advance(State.CLOSING)
         self.close_code = code
         self.close_reason = reason  # logged once, with the counters, when run() ends
         with contextlib.suppress(Exception):
@@ -118,7 +120,7 @@ class ServerSession:
             "address": str(self.lease.address),
             "peer": self.peer,
             "session": self.id,
-            "state": self.tunnel.state.value,
+            "state": self.lifecycle.state.value,
             "since": self.since,
             "idle": round(time.monotonic() - self.keepalive.last_heard, 1),
             "offload": self.offload,

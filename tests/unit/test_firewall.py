@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overlay.counters import Drop
 from overlay.server.firewall import Firewall, FlowTable, Limits
 from overlay.server.rules import Ruleset, load_profiles
-from overlay.session import Drop
 from tests.packets import ipv4
 
 DEVICE = "169.254.1.7"

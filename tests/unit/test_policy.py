@@ -3,8 +3,8 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
+from overlay.counters import Drop
 from overlay.server.policy import Policy
-from overlay.session import Drop
 from tests.packets import ipv4, ipv6
 
 DEVICE = ipaddress.IPv4Address("169.254.1.1").packed

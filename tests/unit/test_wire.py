@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from overlay import wire
 from overlay.exceptions import FrameError, HelloError
-from overlay.session import Outbox
+from overlay.outbox import Outbox
 from tests.packets import ipv4, ipv6
 
 HELLO = wire.Hello(

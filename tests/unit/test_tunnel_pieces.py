@@ -1,15 +1,9 @@
 import pytest
 
-from overlay.session import (
-    Beat,
-    Counters,
-    Drop,
-    InvalidTransition,
-    Keepalive,
-    Outbox,
-    State,
-    Tunnel,
-)
+from overlay.counters import Counters, Drop
+from overlay.keepalive import Beat, Keepalive
+from overlay.outbox import Outbox
+from overlay.server.lifecycle import InvalidTransition, Lifecycle, State
 
 
 def test_keepalive_declares_dead_after_three_missed_intervals():
@@ -24,7 +18,7 @@ def test_keepalive_declares_dead_after_three_missed_intervals():
 
 
 def test_transitions():
-    tunnel = Tunnel()
+    tunnel = Lifecycle()
     assert tunnel.advance(State.OPEN)
     assert tunnel.advance(State.CLOSING)
     assert not tunnel.advance(State.CLOSING)
