@@ -13,7 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -24,6 +23,7 @@ from appliance.tunnel import DeviceTunnel, RefusedVrf
 from appliance.vrf import backend as vrf_backend
 from overlay import control, log, process
 from overlay.exceptions import OverlayError
+from overlay.status import AgentStatus, agent_status
 from overlay.text import duration
 from overlay.tun import Tun
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             return process.run(lambda stop: run(config, stop))
         if args.command == "status":
             config = load_appliance_config(args.config)
-            data = asyncio.run(control.fetch_status(config.control_socket))
+            data = agent_status(asyncio.run(control.fetch_status(config.control_socket)))
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
         if args.command == "qoe-send":
@@ -117,7 +117,7 @@ async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:
             raise VrfError(f"no VRF can run: {refused[0]}")
         control_runner = await control.start(
             config.control_socket,
-            lambda: {"device": config.device_id, "tunnels": [row.status() for row in rows]},
+            lambda: AgentStatus(device=config.device_id, tunnels=[row.status() for row in rows]),
         )
         log.info(
             "agent started",
@@ -133,7 +133,7 @@ async def run(config: ApplianceConfig, stop: asyncio.Event) -> None:
             tun.close()
 
 
-def format_status(data: dict[str, Any]) -> str:
+def format_status(data: AgentStatus) -> str:
     """One row per VRF, as H3C's ``display cloud-management state`` shows one per connection."""
     lines = [
         f"{'VRF':<12} {'BACKEND':<22} {'STATE':<10} {'ADDRESS':<15} {'FOR':>7} {'RX BYTES':>11} "

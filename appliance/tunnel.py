@@ -41,6 +41,7 @@ from overlay.codel import Codel
 from overlay.counters import Counters
 from overlay.exceptions import HelloError, TunError
 from overlay.keepalive import Keepalive
+from overlay.status import TunnelStatus
 from overlay.tun import Tun
 
 HELLO_TIMEOUT = 10.0
@@ -226,7 +227,7 @@ class RefusedVrf:
     backend: str
     reason: str
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TunnelStatus:
         return {
             "device": None,
             "vrf": self.vrf.name,
@@ -236,6 +237,7 @@ class RefusedVrf:
             "server": None,
             "address": None,
             "tun": None,
+            "offload": False,
             "last_error": self.reason,
             "servers": list(self.vrf.urls),
             "failovers": 0,
@@ -457,7 +459,7 @@ class DeviceTunnel:
                 return Ended(why, local=True)
         return lost_because(receiving, sending, pinging, keepalive.timeout)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TunnelStatus:
         return {
             "device": self.config.device_id,
             "vrf": self.vrf.name,

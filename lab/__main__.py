@@ -131,7 +131,7 @@ def kill_server(lab: Lab) -> None:
     print(f"killed the server ({', '.join(map(str, pids)) or 'not running'}) with SIGKILL")
     time.sleep(0.5)
     deploy.start_server(SRV, lab.server_config)
-    deploy.wait_for("server start", lambda: deploy.status(lab.server_control))
+    deploy.wait_for("server start", lambda: deploy.server_status(lab.server_control))
     print(f"server started again on {SERVER_IP}; watch the devices come back: scripts/lab status")
 
 

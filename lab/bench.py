@@ -103,7 +103,7 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
         server = deploy.start_server(SRV, config)
         deploy.wait_for(
             "server start",
-            lambda: deploy.status(control),
+            lambda: deploy.server_status(control),
             process=server,
             log=config.parent / "server.log",
         )

@@ -19,6 +19,9 @@ from lab import netns
 from overlay import certs, control
 from overlay.exceptions import ControlError
 from overlay.server.auth import hash_password
+from overlay.status import AgentStatus, ServerStatus, TunnelStatus
+from overlay.status import agent_status as as_agent_status
+from overlay.status import server_status as as_server_status
 
 BIN = Path(sys.executable).parent
 USERNAME = "VPN"
@@ -136,8 +139,19 @@ def start_appliance(ns: str, config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def status(socket: Path) -> dict[str, Any] | None:
-    """The status of the process behind ``socket``, or None when it does not answer."""
+def server_status(socket: Path) -> ServerStatus | None:
+    """The status of the server behind ``socket``, or None when it does not answer."""
+    data = _status(socket)
+    return None if data is None else as_server_status(data)
+
+
+def agent_status(socket: Path) -> AgentStatus | None:
+    """The status of the agent behind ``socket``, or None when it does not answer."""
+    data = _status(socket)
+    return None if data is None else as_agent_status(data)
+
+
+def _status(socket: Path) -> dict[str, Any] | None:
     try:
         return asyncio.run(control.fetch_status(socket))
     except ControlError:
@@ -164,27 +178,26 @@ def wait_for(
     raise TimeoutError(f"{what} did not happen within {timeout} s\n{tail}")
 
 
-def tunnels_up(socket: Path) -> Callable[[], list[dict[str, Any]] | None]:
+def tunnels_up(socket: Path) -> Callable[[], list[TunnelStatus] | None]:
     """A check for :func:`wait_for`: every tunnel row of the device, once all are up."""
 
-    def check() -> list[dict[str, Any]] | None:
-        data = status(socket)
+    def check() -> list[TunnelStatus] | None:
+        data = agent_status(socket)
         if data is None or any(row["state"] != "up" for row in data["tunnels"]):
             return None
-        rows: list[dict[str, Any]] = data["tunnels"]
-        return rows
+        return data["tunnels"]
 
     return check
 
 
-def tunnel_up(socket: Path) -> Callable[[], dict[str, Any] | None]:
+def tunnel_up(socket: Path) -> Callable[[], TunnelStatus | None]:
     """A check for :func:`wait_for`: the device's tunnel row once its state is up."""
 
-    def check() -> dict[str, Any] | None:
-        data = status(socket)
+    def check() -> TunnelStatus | None:
+        data = agent_status(socket)
         if data is None:
             return None
-        row: dict[str, Any] = data["tunnels"][0]
+        row = data["tunnels"][0]
         return row if row["state"] == "up" else None
 
     return check

@@ -118,8 +118,8 @@ class Lab:
         return (
             len(self.devices()) == count
             and all(netns.exists(ns) for ns in self.namespaces())
-            and deploy.status(self.server_control) is not None
-            and all(deploy.status(self.device_control(d)) is not None for d in self.devices())
+            and deploy.server_status(self.server_control) is not None
+            and all(deploy.agent_status(self.device_control(d)) is not None for d in self.devices())
         )
 
     @property
@@ -171,7 +171,7 @@ class Lab:
         deploy.start_server(SRV, self.server_config)
         deploy.wait_for(
             "overlay server start",
-            lambda: deploy.status(self.server_control),
+            lambda: deploy.server_status(self.server_control),
             log=self.server_config.parent / "server.log",
         )
         services.start_server_side(self.dir, SRV)
@@ -244,7 +244,7 @@ class Lab:
         """The lab contract (DESIGN.md): one row per (device, VRF)."""
         rows = []
         for device in self.devices():
-            data = deploy.status(self.device_control(device))
+            data = deploy.agent_status(self.device_control(device))
             tunnels = {t["vrf"]: t for t in data["tunnels"]} if data else {}
             for vrf in device.vrfs:
                 tunnel = tunnels.get(vrf.name, {})
@@ -259,7 +259,7 @@ class Lab:
                         "state": tunnel.get("state", "down"),
                     }
                 )
-        server = deploy.status(self.server_control)
+        server = deploy.server_status(self.server_control)
         return {
             "dir": str(self.dir),
             "server": {

@@ -32,7 +32,7 @@ from overlay.exceptions import FrameError
 from overlay.keepalive import Beat, Keepalive
 from overlay.offload import HEADER_SIZE, PLAIN, OffloadError, plain
 from overlay.outbox import Outbox
-from overlay.tun import Tun
+from overlay.tun import TunDevice
 from overlay.wire import split_packets
 
 
@@ -124,7 +124,7 @@ async def keep_alive(ws: WebSocket, keepalive: Keepalive) -> None:
         await ws.ping()
 
 
-def deliver(frame: bytes, tun: Tun, counters: Counters, offload: bool) -> None:
+def deliver(frame: bytes, tun: TunDevice, counters: Counters, offload: bool) -> None:
     """Write the packets of a frame from the server to the device's TUN."""
     try:
         packets = split_packets(frame, HEADER_SIZE if offload else 0)
@@ -201,7 +201,7 @@ class Sender:
                 counters.tx_bytes += len(frame)
 
 
-async def pump(tun: Tun, ws: WebSocket, sender: Sender) -> None:
+async def pump(tun: TunDevice, ws: WebSocket, sender: Sender) -> None:
     """Move what the TUN reads into ``sender`` as it arrives, and send it, until
     cancelled: with the headers when the TUN's offload is on, else complete packets."""
     loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from overlay.exceptions import CommandError, ControlError, OverlayError
 
-StatusSource = Callable[[], dict[str, Any]]
+StatusSource = Callable[[], Mapping[str, Any]]  # overlay.status
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Action = Callable[[str], Awaitable[dict[str, Any]]]
 Command = Callable[[dict[str, Any]], dict[str, Any]]

@@ -11,6 +11,8 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 
+from overlay.status import Traffic
+
 
 class Drop(enum.Enum):
     """Why a packet or frame was dropped; each reason has its own counter."""
@@ -51,7 +53,7 @@ class Counters:
     def drop(self, reason: Drop, count: int = 1) -> None:
         self.drops[reason.value] += count
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> Traffic:
         return {
             "rx_bytes": self.rx_bytes,
             "rx_packets": self.rx_packets,

@@ -24,6 +24,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import pytun
 from pyroute2 import IPRoute, netns
@@ -38,6 +39,19 @@ _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01  # the far end may finish checksums
 TUN_F_TSO4 = 0x02  # TCPv4 segments larger than the MTU
+
+
+class TunDevice(Protocol):
+    """What the router and the bridge need of a TUN: a descriptor to watch for reading
+    (``loop.add_reader``), batched reads and single writes of header and packet. Tests
+    give them a stand-in on a socketpair (tests/faketun.py)."""
+
+    name: str
+    fd: int
+    offload: bool
+
+    def read_batch(self, max_bytes: int) -> list[bytes]: ...
+    def write(self, *parts: bytes | memoryview) -> bool: ...
 
 
 @contextmanager
@@ -154,33 +168,44 @@ class Tun:
     def read_batch(self, max_bytes: int) -> list[bytes]:
         """Read headers and packets until the device would block or ``max_bytes`` are
         gathered."""
-        records: list[bytes] = []
-        size = 0
-        read, fd = os.read, self.fd
-        while size < max_bytes:
-            try:
-                record = read(fd, MAX_RECORD)  # also with offload off: segments read
-                # before it went off may still wait in the queue
-            except BlockingIOError:
-                break
-            records.append(record)
-            size += len(record)
-        return records
+        return read_records(self.fd, max_bytes)
 
     def write(self, *parts: bytes | memoryview) -> bool:
         """Inject one header and packet, given whole or in parts (``PLAIN, packet``);
         False when the kernel refused it (queue full, link down, a header it does not take)."""
-        try:
-            os.writev(self.fd, parts)
-        except OSError as exc:
-            if exc.errno in _WOULD_BLOCK or exc.errno in (errno.ENOBUFS, errno.EIO, errno.EINVAL):
-                return False
-            raise
-        return True
+        return write_record(self.fd, parts)
 
     def close(self) -> None:
         """Close the device; the kernel removes it with its address and routes."""
         self._device.close()
+
+
+def read_records(fd: int, max_bytes: int) -> list[bytes]:
+    """Read one record (header and packet) per read until ``fd`` would block or
+    ``max_bytes`` are gathered."""
+    records: list[bytes] = []
+    size = 0
+    read = os.read
+    while size < max_bytes:
+        try:
+            record = read(fd, MAX_RECORD)  # also with offload off: segments read
+            # before it went off may still wait in the queue
+        except BlockingIOError:
+            break
+        records.append(record)
+        size += len(record)
+    return records
+
+
+def write_record(fd: int, parts: tuple[bytes | memoryview, ...]) -> bool:
+    """Write one record from its parts; False when it was refused (full, down, bad header)."""
+    try:
+        os.writev(fd, parts)
+    except OSError as exc:
+        if exc.errno in _WOULD_BLOCK or exc.errno in (errno.ENOBUFS, errno.EIO, errno.EINVAL):
+            return False
+        raise
+    return True
 
 
 def netlink(name: str | None) -> IPRoute:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from overlay import certs
-from overlay.server.app import tls_context
+from overlay.server.listener import tls_context
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

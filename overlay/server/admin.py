@@ -25,6 +25,7 @@ from aiohttp import web
 
 from overlay import certs
 from overlay.server import metrics
+from overlay.status import ServerStatus
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -106,7 +107,7 @@ def load_token(path: Path) -> str:
 
 def application(
     token: str,
-    status: Callable[[], dict[str, Any]],
+    status: Callable[[], ServerStatus],
     actions: dict[str, Action],
     metrics_need_token: bool,
     refusals: Counter[str],

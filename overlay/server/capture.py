@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -44,7 +45,7 @@ class Tap:
             self.dropped += 1
 
 
-def capture_handler(router: Router, store: LeaseStore) -> Handler:
+def capture_handler(router: Router[Any], store: LeaseStore) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         device = request.query.get("device")
         addresses = None
@@ -61,10 +62,10 @@ def capture_handler(router: Router, store: LeaseStore) -> Handler:
         response = web.StreamResponse(headers={"Content-Type": "application/vnd.tcpdump.pcap"})
         await response.prepare(request)
         tap = Tap(addresses)
-        router.taps.append(tap)  # before the file header: whoever has it misses no packet
         written = 0
         deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
-        try:
+        # tapped before the file header: whoever has it misses no packet
+        with router.tapped(tap), contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
             await response.write(pcap.file_header())
             while count is None or written < count:
                 timeout = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -76,10 +77,6 @@ def capture_handler(router: Router, store: LeaseStore) -> Handler:
                     break
                 await response.write(pcap.record(stamp, packet))
                 written += 1
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            router.taps.remove(tap)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response

@@ -33,6 +33,7 @@ from overlay.server.qoe import ReportStore
 from overlay.server.registry import Registry
 from overlay.server.rulebook import Rulebook
 from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
+from overlay.status import FlowStatus, ServerStatus, server_status
 from overlay.text import counts, duration
 
 MIN_PASSWORD = 8
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             return process.run(lambda stop: serve(config, stop))
         if args.command == "status":
             config = load_server_config(args.config)
-            data = asyncio.run(control.fetch_status(config.control_socket))
+            data = server_status(asyncio.run(control.fetch_status(config.control_socket)))
             if args.device is not None:
                 data = only_device(data, args.device)
                 if not data["sessions"] and not data["leases"]:
@@ -449,7 +450,9 @@ def snmp_agent(config: ServerConfig) -> int:
             oid = snmp.parse_oid(sys.stdin.readline())
             if time.monotonic() - fetched > 1:
                 try:
-                    objects = snmp.table(asyncio.run(control.fetch_status(config.control_socket)))
+                    objects = snmp.table(
+                        server_status(asyncio.run(control.fetch_status(config.control_socket)))
+                    )
                 except ControlError:
                     objects = []  # the server is down: nothing to show, and snmpd stays up
                 fetched = time.monotonic()
@@ -479,7 +482,7 @@ def hash_password() -> int:
     return 0
 
 
-def only_device(data: dict[str, Any], device: str) -> dict[str, Any]:
+def only_device(data: ServerStatus, device: str) -> ServerStatus:
     """The status narrowed to one device: its sessions (one per VRF) and leases."""
     sessions = [s for s in data["sessions"] if s["device"] == device]
     drops: Counter[str] = Counter()
@@ -493,7 +496,7 @@ def only_device(data: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
-def format_status(data: dict[str, Any]) -> str:
+def format_status(data: ServerStatus) -> str:
     """The operator's view: one row per session, then totals."""
     server = data["server"]
     lines = [
@@ -537,7 +540,7 @@ def format_status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_flows(flows: list[dict[str, Any]]) -> str:
+def format_flows(flows: list[FlowStatus]) -> str:
     lines = [
         f"flows: {len(flows)}",
         f"{'VRF':<10} {'PROTO':<5} {'OPENED BY':<10} {'REMOTE':<21} {'DEVICE PORT':<21} "

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from struct import unpack_from
-from typing import Any
 
+from overlay import status
 from overlay.counters import Drop
 from overlay.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from overlay.server.rules import FROM_DEVICE, PROTOCOL_NAMES, TO_DEVICE, Ruleset
@@ -88,7 +88,7 @@ class FlowTable:
             del self.fragments[fragment]
         return len(expired)
 
-    def describe(self, now: float, wall: float) -> list[dict[str, Any]]:
+    def describe(self, now: float, wall: float) -> list[status.Flow]:
         """The live flows, for ``overlay status DEVICE``."""
         return [
             {

@@ -10,17 +10,18 @@ only ever grow.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from overlay.status import ServerStatus
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], ServerStatus]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
@@ -57,14 +58,18 @@ class StatusCollector(Collector):
         for reason, count in sorted(data["drops"].items()):
             drops.add_metric([reason], count)
         yield drops
-        for unit in ("bytes", "packets", "frames"):
+        for unit, rx, tx in (
+            ("bytes", totals["rx_bytes"], totals["tx_bytes"]),
+            ("packets", totals["rx_packets"], totals["tx_packets"]),
+            ("frames", totals["rx_frames"], totals["tx_frames"]),
+        ):
             family = CounterMetricFamily(
                 f"overlay_tunnel_{unit}",
                 f"Tunnel {unit}: rx arrived from devices, tx sent to them.",
                 labels=["direction"],
             )
-            family.add_metric(["rx"], totals[f"rx_{unit}"])
-            family.add_metric(["tx"], totals[f"tx_{unit}"])
+            family.add_metric(["rx"], rx)
+            family.add_metric(["tx"], tx)
             yield family
         firewall = data["firewall"]
         yield GaugeMetricFamily(
@@ -88,7 +93,7 @@ class StatusCollector(Collector):
         yield qoe
 
 
-def exposition(status: Callable[[], dict[str, Any]]) -> bytes:
+def exposition(status: Callable[[], ServerStatus]) -> bytes:
     """The metrics in Prometheus' text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))

@@ -21,42 +21,76 @@ packets behind an empty header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
 
-from overlay.counters import Drop
+from overlay.bridge import Sender
+from overlay.counters import Counters, Drop
 from overlay.exceptions import FrameError
 from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
-from overlay.tun import Tun
+from overlay.tun import TunDevice
 from overlay.wire import split_packets
 
 # What a device may ask of the server's kernel: whole packets or TCPv4 segments.
 _SEGMENTATION = (GSO_NONE, GSO_TCPV4)
 
-if TYPE_CHECKING:
-    from overlay.server.capture import Tap
-    from overlay.server.sessions import ServerSession
+
+class Routed(Protocol):
+    """What the router needs of a session: who it is, where its packets go, what it counts."""
+
+    @property
+    def key(self) -> tuple[str, str]: ...  # (device, VRF)
+    @property
+    def address_bytes(self) -> bytes: ...
+    @property
+    def offload(self) -> bool: ...
+    @property
+    def counters(self) -> Counters: ...
+    @property
+    def sender(self) -> Sender: ...
 
 
-class Router:
+class Tap(Protocol):
+    """Something that sees each packet the router forwards (``overlay capture``)."""
+
+    def offer(self, address: bytes, packet: bytes | memoryview) -> None: ...
+
+
+S = TypeVar("S", bound=Routed)
+
+
+class Router(Generic[S]):
     """Routes by overlay address between the TUN and sessions keyed by (device, VRF)."""
 
-    def __init__(self, tun: Tun, policy: Policy, firewall: Firewall, batch_bytes: int) -> None:
+    def __init__(
+        self, tun: TunDevice, policy: Policy, firewall: Firewall, batch_bytes: int
+    ) -> None:
         self.tun = tun
         self.policy = policy
         self.firewall = firewall
         self.flows: dict[bytes, FlowTable] = {}  # by device address
         self.batch_bytes = batch_bytes
-        self.by_address: dict[bytes, ServerSession] = {}
-        self.by_key: dict[tuple[str, str], ServerSession] = {}
+        self.by_address: dict[bytes, S] = {}
+        self.by_key: dict[tuple[str, str], S] = {}
         self.drops: Counter[str] = Counter()  # drops not owned by any session
-        self.taps: list[Tap] = []  # running captures (overlay capture); usually none
+        self._taps: list[Tap] = []  # running captures (overlay capture); usually none
 
-    def attach(self, session: ServerSession) -> ServerSession | None:
+    @contextlib.contextmanager
+    def tapped(self, tap: Tap) -> Iterator[None]:
+        """Offer ``tap`` every packet forwarded while the body runs."""
+        self._taps.append(tap)
+        try:
+            yield
+        finally:
+            self._taps.remove(tap)
+
+    def attach(self, session: S) -> S | None:
         """Make ``session`` the one for its (device, VRF); return the one it replaces."""
         previous = self.by_key.get(session.key)
         self.by_key[session.key] = session
@@ -64,14 +98,14 @@ class Router:
         self.flows.setdefault(session.address_bytes, FlowTable())
         return previous
 
-    def detach(self, session: ServerSession) -> None:
+    def detach(self, session: S) -> None:
         """Forget ``session`` unless a newer one has taken its place already."""
         if self.by_key.get(session.key) is session:
             del self.by_key[session.key]
         if self.by_address.get(session.address_bytes) is session:
             del self.by_address[session.address_bytes]
 
-    def from_device(self, session: ServerSession, frame: bytes) -> None:
+    def from_device(self, session: Routed, frame: bytes) -> None:
         """Deliver the packets of one frame from ``session`` to the TUN."""
         counters, offload = session.counters, session.offload
         try:
@@ -83,7 +117,7 @@ class Router:
         counters.rx_bytes += len(frame)
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
         firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
-        taps = self.taps
+        taps = self._taps
         for record in records:
             if offload:
                 packet = record[HEADER_SIZE:]
@@ -115,7 +149,7 @@ class Router:
             loop.remove_reader(self.tun.fd)
 
     def _readable(self) -> None:
-        by_address, drops, taps = self.by_address, self.drops, self.taps
+        by_address, drops, taps = self.by_address, self.drops, self._taps
         firewall, flows = self.firewall.check, self.flows
         now = time.monotonic()
         for record in self.tun.read_batch(self.batch_bytes):

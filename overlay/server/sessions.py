@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -17,6 +16,7 @@ from overlay.keepalive import Keepalive
 from overlay.server.leases import Lease
 from overlay.server.lifecycle import Lifecycle, State
 from overlay.server.router import Router
+from overlay.status import SessionStatus
 from overlay.wire import CloseCode, Hello
 
 CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
@@ -58,7 +58,7 @@ class ServerSession:
             device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
         )
 
-    async def run(self, router: Router, hello: Hello) -> None:
+    async def run(self, router: Router[ServerSession], hello: Hello) -> None:
         """Send the hello, then carry packets until either end closes or the device falls silent."""
         await self.ws.send_str(hello.serialize())
         self.lifecycle.advance(State.OPEN)
@@ -113,7 +113,8 @@ class ServerSession:
             async with asyncio.timeout(wait):  # no task of its own, unlike wait_for
                 await self.ws.close(code=code, message=reason.encode())
 
-    def status(self) -> dict[str, Any]:
+    def status(self, flows: int) -> SessionStatus:
+        """This session as ``overlay status`` shows it; ``flows``: its address's flows now."""
         return {
             "device": self.lease.device,
             "vrf": self.lease.vrf,
@@ -124,5 +125,6 @@ class ServerSession:
             "since": self.since,
             "idle": round(time.monotonic() - self.keepalive.last_heard, 1),
             "offload": self.offload,
+            "flows": flows,
             **self.counters.as_dict(),
         }

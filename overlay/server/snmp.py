@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 from bisect import bisect_right
-from typing import Any
+
+from overlay.status import ServerStatus
 
 ROOT = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999, 42)
 
@@ -31,7 +32,7 @@ def dotted(oid: Oid) -> str:
     return "." + ".".join(map(str, oid))
 
 
-def table(status: dict[str, Any]) -> list[tuple[Oid, Value]]:
+def table(status: ServerStatus) -> list[tuple[Oid, Value]]:
     """Every object of the subtree, sorted by OID."""
     server, totals = status["server"], status["totals"]
     scalars = [

@@ -109,7 +109,7 @@ class Overlay:
         control = config.parent / "state" / "control.sock"
         deploy.wait_for(
             f"{name} start",
-            lambda: deploy.status(control),
+            lambda: deploy.server_status(control),
             process=process,
             log=config.parent / "server.log",
         )
@@ -131,7 +131,7 @@ class Overlay:
         self.processes.append(self.server)
         deploy.wait_for(
             "server start",
-            lambda: deploy.status(self.control),
+            lambda: deploy.server_status(self.control),
             process=self.server,
             log=self.server_log,
         )
@@ -152,7 +152,7 @@ class Overlay:
         return self.server_config.parent / "server.log"
 
     def server_status(self) -> dict:
-        data = deploy.status(self.control)
+        data = deploy.server_status(self.control)
         assert data is not None, "the server does not answer on its control socket"
         return data
 

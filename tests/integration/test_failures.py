@@ -133,7 +133,7 @@ def test_device_comes_back_with_its_address_after_server_restarts(overlay: Overl
     down = wait_for(
         "dev1 notices",
         lambda: (
-            (s := deploy.status(first.socket))
+            (s := deploy.agent_status(first.socket))
             and s["tunnels"][0]["state"] != "up"
             and s["tunnels"][0]
         ),

@@ -108,7 +108,7 @@ def test_tls_key_log_lets_tshark_read_the_tunnel(overlay: Overlay, tmp_path: Pat
         SRV, overlay.server_config, env=os.environ | {"SSLKEYLOGFILE": str(keys)}
     )
     overlay.processes.append(server)
-    deploy.wait_for("server start", lambda: deploy.status(overlay.control), process=server)
+    deploy.wait_for("server start", lambda: deploy.server_status(overlay.control), process=server)
     assert "TLS KEYS ARE BEING WRITTEN" in overlay.server_log.read_text()
     device = overlay.add_device("dev1")
     pcap = tmp_path / "underlay.pcap"

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.netns
 
 
 def current(device_socket: Path) -> dict:
-    data = deploy.status(device_socket)
+    data = deploy.agent_status(device_socket)
     assert data is not None, "the device agent does not answer"
     return data["tunnels"][0]
 
@@ -59,7 +59,7 @@ def test_failover_to_the_second_backup_and_no_switch_back(overlay: Overlay) -> N
     assert moved["failovers"] == 1
     lost = log_events(device.log, "tunnel lost")
     assert lost[-1]["reason"] == "server going away (1001)" and lost[-1]["then"] == "at once"
-    assert any(s["device"] == "dev1" for s in deploy.status(primary_control)["sessions"])
+    assert any(s["device"] == "dev1" for s in deploy.server_status(primary_control)["sessions"])
 
 
 def test_replaced_device_waits_the_longest_backoff(overlay: Overlay) -> None:

@@ -76,7 +76,7 @@ def test_a_well_known_password_is_refused_unless_allowed(overlay: Overlay, allow
     control = config.parent / "state" / "control.sock"
     deploy.wait_for(
         "server start",
-        lambda: deploy.status(control),
+        lambda: deploy.server_status(control),
         process=server,
         log=config.parent / "server.log",
     )

@@ -51,7 +51,7 @@ def test_offload_is_granted_to_the_devices_that_ask(running: Overlay) -> None:
     sessions = running.server_status()["sessions"]
     assert {s["device"]: s["offload"] for s in sessions} == {"dev1": True, "dev2": False}
     for name, offload in (("dev1", True), ("dev2", False)):
-        tunnel = deploy.status(running.devices[name].socket)["tunnels"][0]  # appliance status
+        tunnel = deploy.agent_status(running.devices[name].socket)["tunnels"][0]  # appliance status
         assert tunnel["offload"] is offload
 
 

@@ -85,7 +85,7 @@ def vrfs(overlay: Overlay) -> Iterator[tuple[Overlay, Path]]:
 
 
 def rows(socket_path: Path) -> dict[str, dict]:
-    data = deploy.status(socket_path)
+    data = deploy.agent_status(socket_path)
     return {row["vrf"]: row for row in data["tunnels"]} if data else {}
 
 

@@ -7,7 +7,7 @@ import socket
 import ssl
 
 from overlay import bridge
-from overlay.server.app import listen_for_tunnels
+from overlay.server.listener import listen_for_tunnels
 
 
 def test_accepted_tunnels_inherit_keepalive_and_the_unsent_bound(

@@ -1,0 +1,185 @@
+"""One server's state at run time: its sessions, router, firewall and stores, what it
+has counted, and what an operator may ask of it (status, unbind, remove, rules, flows).
+
+The tunnel endpoint (:mod:`overlay.server.endpoint`) opens sessions here; the
+control socket, the admin API and the shutdown act on them through this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import structlog
+
+from overlay import wire
+from overlay.counters import Counters
+from overlay.server.config import ServerConfig
+from overlay.server.firewall import Firewall
+from overlay.server.gate import Gate
+from overlay.server.leases import LeaseStore
+from overlay.server.policy import Policy
+from overlay.server.qoe import Collector
+from overlay.server.registry import Registry
+from overlay.server.router import Router
+from overlay.server.rulebook import Rulebook
+from overlay.server.sessions import ServerSession
+from overlay.server.sqlite import GroupCommit
+from overlay.status import FlowStatus, ServerStatus, SessionStatus
+from overlay.tun import TunDevice
+
+log = structlog.get_logger("overlay.server")
+
+
+class Node:
+    """One overlay server: owns the lease store, the TUN, the router and the sessions."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: LeaseStore,
+        registry: Registry,
+        commits: GroupCommit,
+        tun: TunDevice,
+        collector: Collector | None,
+        rulebook: Rulebook,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.commits = commits
+        self.tun = tun
+        self.collector = collector
+        self.rulebook = rulebook
+        self.firewall = Firewall(rulebook.ruleset, config.firewall.limits)
+        self.router: Router[ServerSession] = Router(
+            tun, Policy(), self.firewall, batch_bytes=config.max_message
+        )
+        self.refusals: Counter[str] = Counter()
+        self.gate = Gate(config.max_pending, config.handshake_timeout, self.refusals)
+        self.started = time.time()
+        self.handshakes = 0
+        self._sessions: set[ServerSession] = set()
+        self._closed = Counters()  # what sessions that have ended carried and dropped
+
+    def opened(self, session: ServerSession) -> ServerSession | None:
+        """A new session carries its (device, VRF) from now on; return the one it replaces."""
+        self.handshakes += 1
+        self._sessions.add(session)
+        return self.router.attach(session)
+
+    def ended(self, session: ServerSession) -> None:
+        self.router.detach(session)
+        self._sessions.discard(session)
+        self._closed.merge(session.counters)
+
+    def status(self) -> ServerStatus:
+        totals = Counters()
+        totals.merge(self._closed)
+        for session in self._sessions:
+            totals.merge(session.counters)
+        totals.drops.update(self.router.drops)
+        flows = {a: len(t.flows) for a, t in self.router.flows.items()}
+        sessions: list[SessionStatus] = [
+            s.status(flows.get(s.address_bytes, 0)) for s in self._sessions
+        ]
+        config = self.config
+        return {
+            "server": {
+                "overlay": str(config.address),
+                "tun": self.tun.name,
+                "listen": f"{config.host}:{config.port}{config.path}",
+                "started": self.started,
+                "leases": len(self.store),
+                "pool": f"{config.pool.first}-{config.pool.last}",
+                "pool_size": config.pool.capacity,
+                "pending": self.gate.pending,
+                "handshakes": self.handshakes,
+                "enrolled": self.registry.count(),
+            },
+            "sessions": sorted(sessions, key=lambda s: s["address"]),
+            "leases": [
+                {"device": lease.device, "vrf": lease.vrf, "address": str(lease.address)}
+                for lease in self.store.all()
+            ],
+            "refusals": dict(self.refusals),
+            "drops": dict(totals.drops),
+            "totals": totals.as_dict(),
+            "qoe": dict(self.collector.counters) if self.collector else None,
+            "firewall": {
+                "rules": len(self.rulebook.ruleset.rules),
+                "rules_from": "state" if self.rulebook.changed else "config",
+                "flows": sum(flows.values()),
+                "opened": self.firewall.opened,
+                "unmatched": self.rulebook.ruleset.unmatched,
+                "hits": [(r.number, r.action, r.hits) for r in self.rulebook.ruleset.rules],
+                "max_flows": config.firewall.limits.max_flows,
+            },
+        }
+
+    def change_rules(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``overlay rule …``: change the running rules (and save them); flows stay."""
+        result = self.rulebook.change(command)
+        if command.get("op") != "list":
+            log.info(
+                "firewall rules changed",
+                op=command.get("op"),
+                rules=[f"{r['number']}:{r['action']}" for r in result["rules"]],
+            )
+        return result
+
+    def flows(self, command: dict[str, Any]) -> dict[str, Any]:
+        """The live flows of one device's addresses (``overlay status DEVICE``)."""
+        device = command.get("device")
+        now, wall = time.monotonic(), time.time()
+        result: list[FlowStatus] = []
+        for lease in self.store.all():
+            if lease.device != device:
+                continue
+            table = self.router.flows.get(lease.address.packed)
+            if table is not None:
+                result += [
+                    {"vrf": lease.vrf, "address": str(lease.address), **flow}
+                    for flow in table.describe(now, wall)
+                ]
+        return {"device": device, "flows": result}
+
+    async def unbind(self, device: str) -> dict[str, Any]:
+        """Close the device's sessions (4003) and release its leases: a replacement unit with
+        the same id registers fresh."""
+        sessions = [s for s in list(self._sessions) if s.lease.device == device]
+        await asyncio.gather(
+            *(s.close(wire.CloseCode.REMOVED, "device unbound") for s in sessions),
+            return_exceptions=True,
+        )
+        released = self.store.release(device)
+        log.info(
+            "device unbound",
+            device=device,
+            sessions=len(sessions),
+            released=[str(lease.address) for lease in released],
+        )
+        return {
+            "device": device,
+            "closed": len(sessions),
+            "released": [str(lease.address) for lease in released],
+        }
+
+    async def remove(self, device: str) -> dict[str, Any]:
+        """Unbind the device and take it out of the registry: it is refused from now on."""
+        result = await self.unbind(device)
+        result["removed"] = self.registry.remove(device)
+        log.info("device removed", device=device)
+        return result
+
+    async def close_sessions(self) -> None:
+        """Tell every device the server is going away (1001): they reconnect at once."""
+        await asyncio.gather(
+            *(
+                s.close(wire.CloseCode.GOING_AWAY, "server going away")
+                for s in list(self._sessions)
+            ),
+            return_exceptions=True,
+        )

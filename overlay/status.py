@@ -1,0 +1,135 @@
+"""The status that every reader shares, typed: ``overlay status``, ``/metrics``, SNMP,
+the admin API, the status page, ``appliance status`` and the lab.
+
+The server and the agent build these dictionaries; the control socket carries
+them as JSON. Readers take them as these types (:func:`server_status`,
+:func:`agent_status`), so that mypy catches a renamed key in any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict, cast
+
+
+class Traffic(TypedDict):
+    """What one end of a tunnel (or all of them) carried and dropped."""
+
+    rx_bytes: int
+    rx_packets: int
+    rx_frames: int
+    tx_bytes: int
+    tx_packets: int
+    tx_frames: int
+    drops: dict[str, int]
+
+
+class SessionStatus(Traffic):
+    """One open tunnel on the server."""
+
+    device: str
+    vrf: str
+    address: str
+    peer: str
+    session: str
+    state: str
+    since: float
+    idle: float
+    offload: bool
+    flows: int
+
+
+class NodeStatus(TypedDict):
+    """The server process itself."""
+
+    overlay: str
+    tun: str
+    listen: str
+    started: float
+    leases: int
+    pool: str
+    pool_size: int
+    pending: int
+    handshakes: int
+    enrolled: int
+
+
+class LeaseStatus(TypedDict):
+    device: str
+    vrf: str
+    address: str
+
+
+class FirewallStatus(TypedDict):
+    rules: int
+    rules_from: str
+    flows: int
+    opened: int
+    unmatched: int
+    hits: list[tuple[int, str, int]]  # (rule number, action, new flows it decided)
+    max_flows: int
+
+
+class Flow(TypedDict):
+    """One live flow of a device address, as the firewall describes it."""
+
+    protocol: str
+    opened_by: str
+    remote: str
+    remote_port: int
+    device_port: int
+    state: str
+    rule: int | None
+    packets: int
+    since: float
+    expires_in: float
+
+
+class FlowStatus(Flow):
+    """A flow with the lease it belongs to (``overlay status DEVICE``)."""
+
+    vrf: str
+    address: str
+
+
+class ServerStatus(TypedDict):
+    server: NodeStatus
+    sessions: list[SessionStatus]
+    leases: list[LeaseStatus]
+    refusals: dict[str, int]
+    drops: dict[str, int]
+    totals: Traffic
+    qoe: dict[str, int] | None
+    firewall: FirewallStatus
+    flows: NotRequired[list[FlowStatus]]  # only in one device's view (overlay status DEVICE)
+
+
+class TunnelStatus(Traffic):
+    """One VRF's tunnel on a device (``appliance status``)."""
+
+    device: str | None
+    vrf: str
+    backend: str
+    state: str
+    since: float
+    server: str | None
+    address: str | None
+    tun: str | None
+    offload: bool
+    last_error: str | None
+    servers: list[str]
+    failovers: int
+
+
+class AgentStatus(TypedDict):
+    device: str
+    tunnels: list[TunnelStatus]
+
+
+def server_status(data: Any) -> ServerStatus:
+    """A server's status as read from its control socket or admin API."""
+    return cast(ServerStatus, data)
+
+
+def agent_status(data: Any) -> AgentStatus:
+    """An agent's status as read from its control socket."""
+    return cast(AgentStatus, data)
