@@ -1,7 +1,22 @@
 import json
 import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
 
 from overlay import log
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """log.configure writes to the stderr of its moment (capsys's, here): later tests must not
+    log into that closed capture, or the libraries' log calls raise inside their handlers."""
+    handlers, level = logging.getLogger().handlers[:], logging.getLogger().level
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = handlers
+    logging.getLogger().setLevel(level)
 
 
 def test_library_tracebacks_become_one_structured_line(capsys):

@@ -1,0 +1,162 @@
+"""The tunnel endpoint over real TLS on loopback, with real stores and a fake TUN: the
+refusals in their documented order with their counters, the hello, and 4001 takeover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from overlay import certs, wire
+from overlay.server.config import load_server_config
+from overlay.server.endpoint import Endpoint
+from overlay.server.listener import listen_for_tunnels, tls_context
+from overlay.server.node import Node
+from tests.faketun import FakeTun
+from tests.middle.conftest import PASSWORD, make_node, write_config
+
+
+@dataclass
+class Served:
+    node: Node
+    url: str
+    trust: ssl.SSLContext
+
+
+async def serve(tmp_path: Path, tun: FakeTun, pool: str) -> AsyncIterator[Served]:
+    config = load_server_config(write_config(tmp_path, pool=pool))
+    node = await make_node(config, tun)
+    runner = web.AppRunner(Endpoint(node).app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    assert runner.server is not None
+    listener = await listen_for_tunnels(
+        node.gate.wrap(runner.server), "127.0.0.1", 0, tls_context(config), 5
+    )
+    port = listener.sockets[0].getsockname()[1]
+    trust = ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)
+    try:
+        yield Served(node, f"wss://127.0.0.1:{port}{config.path}", trust)
+    finally:
+        listener.close()
+        await node.close_sessions()
+        await runner.cleanup()
+        node.commits.flush()
+        node.store.close()
+        node.registry.close()
+
+
+@pytest.fixture
+async def served(tmp_path: Path, tun: FakeTun) -> AsyncIterator[Served]:
+    async for s in serve(tmp_path, tun, "169.254.1.1-169.254.1.2"):
+        yield s
+
+
+def headers(device: str = "dev1", password: str = PASSWORD) -> dict[str, str]:
+    return {
+        wire.HEADER_DEVICE: device,
+        "Authorization": aiohttp.encode_basic_auth("VPN", password),
+    }
+
+
+async def status_of(
+    served: Served,
+    request_headers: dict[str, str],
+    protocols: tuple[str, ...] = (wire.SUBPROTOCOL,),
+) -> int:
+    """The HTTP status with which the endpoint refuses a tunnel request (101: accepted)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(
+                served.url,
+                protocols=protocols,
+                headers=request_headers,
+                ssl=served.trust,
+                server_hostname="overlay.test",
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return 101
+
+
+async def test_refusals_come_in_the_documented_order_and_are_counted(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    no_device = {"Authorization": aiohttp.encode_basic_auth("VPN", PASSWORD)}
+    assert await status_of(served, no_device, protocols=("ovl.v2",)) == 426  # version first
+    assert await status_of(served, no_device) == 400  # then the headers
+    assert await status_of(served, headers("stranger")) == 403  # not enrolled (counts)
+    assert await status_of(served, headers(password="wrong-password")) == 401
+    assert await status_of(served, headers(password="wrong-password")) == 401
+    assert await status_of(served, headers()) == 429  # max_failures = 3: locked out
+    refusals = served.node.refusals
+    assert dict(refusals) == {
+        "version": 1,
+        "bad-device": 1,
+        "not-enrolled": 1,
+        "bad-credentials": 2,
+        "rate-limited": 1,
+    }
+
+
+async def test_an_exhausted_pool_is_refused_with_503(served: Served) -> None:
+    for device in ("dev1", "dev2", "dev3"):
+        served.node.registry.add(device, None)
+    served.node.commits.flush()
+    assert await status_of(served, headers("dev1")) == 101
+    assert await status_of(served, headers("dev2")) == 101
+    assert await status_of(served, headers("dev3")) == 503
+    assert served.node.refusals["pool-exhausted"] == 1
+    assert len(served.node.store) == 2  # nothing stored for the refused device
+
+
+async def connect(served: Served, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+    return await http.ws_connect(
+        served.url,
+        protocols=(wire.SUBPROTOCOL,),
+        headers=headers(),
+        ssl=served.trust,
+        server_hostname="overlay.test",
+    )
+
+
+async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
+    served: Served,
+) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    async with aiohttp.ClientSession() as http:
+        first = await connect(served, http)
+        hello = json.loads((await first.receive(timeout=5)).data)
+        config = served.node.config
+        assert hello == {
+            "type": "hello",
+            "version": 1,
+            "address": "169.254.1.1",
+            "prefix": 16,
+            "server": "169.254.0.1",
+            "mtu": config.mtu,
+            "ping_interval": config.ping_interval,
+            "max_message": config.max_message,
+            "session": hello["session"],
+            **({"offload": False} if "offload" in hello else {}),
+        }
+        second = await connect(served, http)
+        again = json.loads((await second.receive(timeout=5)).data)
+        assert again["address"] == hello["address"]  # sticky
+        assert again["session"] != hello["session"]
+        closed = await first.receive(timeout=5)
+        assert closed.type is aiohttp.WSMsgType.CLOSE
+        assert closed.data == wire.CloseCode.REPLACED
+        await asyncio.sleep(0.05)
+        sessions = served.node.status()["sessions"]
+        assert [(s["device"], s["session"]) for s in sessions] == [("dev1", again["session"])]
+        assert served.node.status()["server"]["handshakes"] == 2
+        await second.close()

@@ -1,0 +1,134 @@
+"""The router between a fake TUN and fake sessions: what passes, what is dropped and counted,
+and that one stalled session does not delay another (Tailscale derp's TestSendFreeze)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from overlay.server.firewall import Firewall, Limits
+from overlay.server.policy import Policy
+from overlay.server.router import Router
+from overlay.server.rules import Ruleset, load_profiles
+from tests.faketun import FakeTun
+from tests.middle.conftest import FakeSession, RecordingSocket
+from tests.packets import ipv4
+
+SERVER = "169.254.0.1"
+MANAGER = "169.254.0.1"  # the server's own address: management tools on its host
+
+
+def router_for(tun: FakeTun) -> Router[FakeSession]:
+    ruleset = Ruleset.build([{"profile": "ovoc-management"}], load_profiles(None))
+    return Router(tun, Policy(), Firewall(ruleset, Limits()), batch_bytes=65536)
+
+
+class Tap:
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes]] = []
+
+    def offer(self, address: bytes, packet: bytes | memoryview) -> None:
+        self.seen.append((address, bytes(packet)))
+
+
+@pytest.fixture
+async def running(tun: FakeTun) -> AsyncIterator[Router[FakeSession]]:
+    """A router reading the fake TUN as the server's does (a reader callback)."""
+    router = router_for(tun)
+    task = asyncio.create_task(router.run())
+    await asyncio.sleep(0)
+    yield router
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_device_frame_passes_policy_and_firewall_and_taps_see_it(tun: FakeTun) -> None:
+    router, session, tap = router_for(tun), FakeSession("dev1", "169.254.1.1"), Tap()
+    router.attach(session)
+    syslog = ipv4("169.254.1.1", SERVER, 17, b"<13>hello", 40000, 514)
+    ntp = ipv4("169.254.1.1", SERVER, 17, b"\x23" + bytes(47), 123, 123)
+    with router.tapped(tap):
+        router.from_device(session, syslog + ntp)
+    router.from_device(session, syslog)  # the tap is gone
+    assert tun.written() == [syslog, ntp, syslog]
+    assert tap.seen == [(session.address_bytes, syslog), (session.address_bytes, ntp)]
+    assert session.counters.rx_packets == 3
+    assert not session.counters.drops
+
+
+def test_spoofed_device_isolation_and_unallowed_ports_are_dropped_and_counted(
+    tun: FakeTun,
+) -> None:
+    router, session = router_for(tun), FakeSession("dev1", "169.254.1.1")
+    router.attach(session)
+    spoofed = ipv4("169.254.1.9", SERVER, 17, b"x", 40000, 514)
+    other_device = ipv4("169.254.1.1", "169.254.1.2", 17, b"x", 40000, 514)
+    unallowed = ipv4("169.254.1.1", SERVER, 17, b"x", 40000, 9999)
+    router.from_device(session, spoofed + other_device + unallowed)
+    router.from_device(session, b"\x45garbage")
+    assert tun.written() == []
+    assert dict(session.counters.drops) == {
+        "spoofed": 1,
+        "policy": 2,  # another device; a port no rule allows
+        "malformed": 1,
+    }
+
+
+async def test_a_packet_for_an_address_without_session_is_dropped_and_counted(
+    tun: FakeTun, running: Router[FakeSession]
+) -> None:
+    tun.inject(ipv4(MANAGER, "169.254.1.99", 17, b"x", 40000, 161))
+    await wait_until(lambda: running.drops["no-session"] == 1)
+
+
+async def test_management_traffic_reaches_the_session_of_its_address(
+    tun: FakeTun, running: Router[FakeSession]
+) -> None:
+    session, ws = FakeSession("dev1", "169.254.1.1"), RecordingSocket()
+    running.attach(session)
+    sending = asyncio.create_task(session.sender.run(ws))
+    poll = ipv4(MANAGER, "169.254.1.1", 17, b"get", 40000, 161)
+    tun.inject(poll)
+    await asyncio.wait_for(ws.sent.wait(), 5)
+    assert ws.frames == [poll]
+    sending.cancel()
+
+
+async def test_one_stalled_session_does_not_delay_another(
+    tun: FakeTun, running: Router[FakeSession]
+) -> None:
+    stalled, lively = (
+        FakeSession("dev1", "169.254.1.1", queue_bytes=4096),
+        FakeSession("dev2", "169.254.1.2"),
+    )
+    stalled_ws, lively_ws = RecordingSocket(), RecordingSocket()
+    stalled_ws.stall()
+    running.attach(stalled)
+    running.attach(lively)
+    tasks = [
+        asyncio.create_task(stalled.sender.run(stalled_ws)),
+        asyncio.create_task(lively.sender.run(lively_ws)),
+    ]
+    for n in range(200):  # far more than the stalled session's queue holds
+        tun.inject(ipv4(MANAGER, "169.254.1.1", 17, bytes(200), 40000 + n, 161))
+        if n % 10 == 9:
+            await asyncio.sleep(0)  # the router reads, as the kernel's queue would drain
+    await wait_until(lambda: stalled.counters.drops["queue-full"] > 0)
+    poll = ipv4(MANAGER, "169.254.1.2", 17, b"get", 40000, 161)
+    tun.inject(poll)
+    await asyncio.wait_for(lively_ws.sent.wait(), 5)
+    assert lively_ws.frames == [poll]
+    assert stalled_ws.frames == []
+    assert stalled.sender.outbox.size <= 4096
+    for task in tasks:
+        task.cancel()
+
+
+async def wait_until(condition: object, timeout: float = 5) -> None:
+    """Let the loop run until ``condition()`` holds; fail after ``timeout`` seconds."""
+    assert callable(condition)
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
