@@ -45,19 +45,16 @@ def test_admin_api_and_metrics(overlay: Overlay) -> None:
     assert token_file.stat().st_mode & 0o777 == 0o600
     token = token_file.read_text().strip()
 
-    assert get("/api/v1/status")[0] == 401
-    assert get("/api/v1/status", "wrong")[0] == 401
+    # the token's refusals and the metrics' format: tests/middle/test_admin.py
     code, body = get("/api/v1/status", token)
     assert code == 200
     status = json.loads(body)
     assert [s["device"] for s in status["sessions"]] == ["dev1"]
-    assert status["refusals"]["admin-token"] == 2
 
     code, before = get("/metrics")  # Prometheus scrapes without the token by default
     assert code == 200
     assert metric(before, "overlay_sessions") == 1
     assert metric(before, "overlay_leases") == 1
-    assert metric(before, 'overlay_refusals_total{reason="admin-token"}') == 2
     assert netns.run(device.ns, ["ping", "-c", "5", "-i", "0.1", "169.254.0.1"]).returncode == 0
     after = get("/metrics")[1]
     rx = 'overlay_tunnel_packets_total{direction="rx"}'

@@ -73,7 +73,6 @@ def test_replaced_device_waits_the_longest_backoff(overlay: Overlay) -> None:
         str(overlay.ca_file),
         PASSWORD,
         "dev1",
-        "hello",
     )
     assert result.returncode == 0, result.stderr
     lost = wait_for(

@@ -146,8 +146,9 @@ async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
             "ping_interval": config.ping_interval,
             "max_message": config.max_message,
             "session": hello["session"],
-            **({"offload": False} if "offload" in hello else {}),
+            "offload": False,  # this client did not ask for it
         }
+        assert (config.mtu, config.ping_interval, config.max_message) == (1400, 60, 262144)
         second = await connect(served, http)
         again = json.loads((await second.receive(timeout=5)).data)
         assert again["address"] == hello["address"]  # sticky
@@ -160,3 +161,30 @@ async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
         assert [(s["device"], s["session"]) for s in sessions] == [("dev1", again["session"])]
         assert served.node.status()["server"]["handshakes"] == 2
         await second.close()
+
+
+async def test_garbage_is_counted_and_the_tunnel_stays_up(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    async with aiohttp.ClientSession() as http:
+        ws = await connect(served, http)
+        await ws.receive(timeout=5)  # the hello
+        await ws.send_bytes(b"\x00" * 30)  # not an IP packet
+        await ws.send_str("not a frame")
+        await ws.ping()
+        await asyncio.sleep(0.2)
+        assert not ws.closed
+        drops = served.node.status()["drops"]
+        assert (drops.get("malformed"), drops.get("unsupported")) == (1, 1)
+        await ws.close()
+
+
+async def test_a_message_over_max_message_is_closed_with_1009(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    async with aiohttp.ClientSession() as http:
+        ws = await connect(served, http)
+        await ws.receive(timeout=5)
+        await ws.send_bytes(b"\x45" + bytes(served.node.config.max_message))
+        closed = await ws.receive(timeout=5)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
