@@ -17,9 +17,10 @@ import yarl
 
 from appliance.config import ApplianceConfig, VrfConfig
 from appliance.exceptions import ConnectError, InputError, UnreachableError
-from appliance.tunnel import client_tls
+from appliance.tls import client_tls
 from appliance.vrf import backend as vrf_backend
 from overlay import control
+from overlay.status import agent_status
 
 TIMEOUT = 10.0
 
@@ -57,13 +58,17 @@ async def send_reports(
     config: ApplianceConfig, vrf: VrfConfig, reports: list[bytes]
 ) -> list[dict[str, Any]]:
     """Send ``reports`` through the running tunnel of ``vrf``; return the collector's answers."""
-    tunnels = (await control.fetch_status(config.control_socket))["tunnels"]
-    status = next(t for t in tunnels if t["vrf"] == vrf.name)
+    tunnels = agent_status(await control.fetch_status(config.control_socket))["tunnels"]
+    status = next((t for t in tunnels if t["vrf"] == vrf.name), None)
+    if status is None:  # the config names a VRF the running agent did not start with
+        raise ConnectError(
+            f"the running agent has no tunnel for VRF {vrf.name}; restart it with this config"
+        )
     if status["state"] != "up":
         raise ConnectError(
             f"the tunnel of VRF {vrf.name} is {status['state']}, not up: {status['last_error']}"
         )
-    name = vrf.server_name or yarl.URL(status["server"]).host
+    name = vrf.server_name or yarl.URL(status["server"] or "").host
     where = f"{config.qoe_address}:{config.qoe_port}"
     try:
         reader, writer = await asyncio.wait_for(connect(config, vrf, name), TIMEOUT)

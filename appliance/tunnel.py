@@ -35,8 +35,9 @@ from appliance.config import ApplianceConfig, VrfConfig
 from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
+from appliance.tls import PinMismatchError, client_tls
 from appliance.vrf import Backend
-from overlay import bridge, certs, log, wire
+from overlay import bridge, wire
 from overlay.codel import Codel
 from overlay.counters import Counters
 from overlay.exceptions import HelloError, TunError
@@ -64,56 +65,6 @@ class TunnelState(enum.Enum):
     UP = "up"
     BACKOFF = "backoff"
     STOPPED = "stopped"
-
-
-class PinMismatchError(ssl.SSLCertVerificationError):
-    """The server's public key is none of ``server.pin_sha256``."""
-
-    def __init__(self, pin: str) -> None:
-        super().__init__(f"the server's public key (pin {pin}) matches none of server.pin_sha256")
-        self.pin = pin
-
-
-def pinned(pins: frozenset[str]) -> type[ssl.SSLObject]:
-    """An SSLObject class that refuses a server whose key is not pinned.
-
-    The check runs when the TLS handshake completes, before a single byte of the
-    request (and so of the credentials) is sent. asyncio and uvloop both make
-    their TLS objects from ``SSLContext.sslobject_class``.
-    """
-
-    class PinnedSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            super().do_handshake()
-            der = self.getpeercert(binary_form=True)
-            pin = certs.spki_pin(der) if der else "none"
-            if pin not in pins:
-                raise PinMismatchError(pin)
-
-    return PinnedSSLObject
-
-
-def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
-    """Verify the server's chain and name, TLS 1.2 or newer; ``insecure`` alone turns that off.
-
-    With pins, the server's public key must also be one of them (even when
-    ``insecure``); with a client certificate, the device proves its identity.
-    """
-    context = ssl.create_default_context(
-        cafile=str(vrf.ca_file) if vrf.ca_file is not None else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if vrf.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if vrf.pins:
-        context.sslobject_class = pinned(vrf.pins)
-    if vrf.client_cert is not None:
-        certs.load_cert_chain(context, vrf.client_cert, vrf.client_key)
-    key_log = log.tls_key_log()
-    if key_log is not None:
-        context.keylog_filename = key_log
-    return context
 
 
 def explain(
