@@ -55,8 +55,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
         collector = None
         if config.qoe_port is not None:
-            reports = ReportStore(config.qoe_file)
+            report_commits = GroupCommit()  # its own: a QoE store that fails fails no lease
+            reports = ReportStore(config.qoe_file, batch=report_commits)
             stack.callback(reports.close)
+            stack.callback(report_commits.flush)  # before the store closes
             collector = Collector(reports, lambda address: lease_owner(store, address))
             qoe = await listen(
                 asyncio.start_server(

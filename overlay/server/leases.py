@@ -20,7 +20,8 @@ from overlay.addressing import AddressPool
 from overlay.exceptions import StoreError
 from overlay.server.sqlite import GroupCommit, connect, connect_readonly
 
-SCHEMA = """
+MIGRATIONS = [  # a store written before schema versions has version 0 and the table already
+    """
 CREATE TABLE IF NOT EXISTS leases (
     device TEXT NOT NULL,
     vrf TEXT NOT NULL,
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (device, vrf)
 )
 """
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class LeaseStore:
         self.path = path
         self.pool = pool
         self.batch = batch  # None: every new lease is committed at once
-        self._db = connect(path, "lease store", SCHEMA)
+        self._db = connect(path, "lease store", MIGRATIONS)
         try:
             rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
         except sqlite3.Error as exc:

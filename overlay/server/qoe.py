@@ -5,7 +5,11 @@ object per line; the collector answers each line with one JSON line,
 ``{"stored": ID}`` or ``{"error": "…"}``. The device's identity comes from the
 overlay itself: the source address of the connection is a lease, so the report
 is stored with the device id and VRF the server gave that address. A source
-that holds no lease is refused. Reports are kept in SQLite next to the leases.
+that holds no lease is refused. Reports are kept in SQLite next to the leases,
+in a file of their own with a group commit of its own: the lines of a short
+window share one full-sync commit, off the handshakes' commits, so that a QoE
+store that cannot write never fails a lease. A line is answered ``stored``
+only once committed.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import Any
 import structlog
 
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import connect, connect_readonly
+from overlay.server.sqlite import GroupCommit, connect, connect_readonly
 
 MAX_REPORT = 65536
-SCHEMA = """
+MIGRATIONS = [  # a store written before schema versions has version 0 and the table already
+    """
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY,
     received REAL NOT NULL,
@@ -37,6 +42,7 @@ CREATE TABLE IF NOT EXISTS reports (
     report TEXT NOT NULL
 )
 """
+]
 
 log = structlog.get_logger("overlay.qoe")
 
@@ -71,19 +77,34 @@ class Report:
 class ReportStore:
     """QoE reports in SQLite."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, readonly: bool = False, batch: GroupCommit | None = None
+    ) -> None:
         self.path = path
+        self.batch = batch  # None: every report is committed at once
         if readonly:
             self._db = connect_readonly(path, "QoE store")
         else:
-            self._db = connect(path, "QoE store", SCHEMA)
+            self._db = connect(path, "QoE store", MIGRATIONS)
 
     def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO reports (received, device, vrf, address, report) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":"))),
-        )
+        """Store a report; with a group commit it is durable once ``batch.wait()`` returns."""
+        if self.batch is not None:
+            self.batch.begin(self._db)
+        try:
+            cursor = self._db.execute(
+                "INSERT INTO reports (received, device, vrf, address, report) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":"))),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store a QoE report in {self.path}: {exc}") from None
         return int(cursor.lastrowid or 0)
+
+    async def stored(self) -> None:
+        """Return once what was added is committed; raise StoreError if the commit failed."""
+        if self.batch is not None:
+            await self.batch.wait()
 
     def list(self, device: str | None = None, limit: int = 100) -> list[Report]:
         query = "SELECT id, received, device, vrf, address, report FROM reports"
@@ -130,7 +151,15 @@ class Collector:
                     self.counters["rejected"] += 1
                     writer.write(json.dumps({"error": str(exc)}).encode() + b"\n")
                     continue
-                stored = self.store.add(device, vrf, str(source), report)
+                try:
+                    stored = self.store.add(device, vrf, str(source), report)
+                    await self.store.stored()
+                except StoreError as exc:
+                    self.counters["store-error"] += 1
+                    log.error("cannot store a qoe report", device=device, vrf=vrf, error=str(exc))
+                    writer.write(b'{"error": "the server cannot store reports now"}\n')
+                    await writer.drain()
+                    return
                 self.counters["stored"] += 1
                 writer.write(json.dumps({"stored": stored}).encode() + b"\n")
                 await writer.drain()

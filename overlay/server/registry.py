@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import GroupCommit, connect
+from overlay.server.sqlite import GroupCommit, Migration, connect
 
-SCHEMA = """
+
+def _create_devices(db: sqlite3.Connection) -> None:
+    """Version 1: the devices table, with the client certificate flag. A registry written
+    before schema versions may have the table without the flag: it gets it, every row kept."""
+    db.execute(
+        """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     password_hash TEXT,
@@ -30,6 +35,13 @@ CREATE TABLE IF NOT EXISTS devices (
     client_cert INTEGER NOT NULL DEFAULT 0
 )
 """
+    )
+    columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
+    if "client_cert" not in columns:
+        db.execute("ALTER TABLE devices ADD COLUMN client_cert INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [_create_devices]
 COLUMNS = "id, password_hash, created, client_cert"
 
 
@@ -45,12 +57,7 @@ class Registry:
     def __init__(self, path: Path, batch: GroupCommit | None = None) -> None:
         self.path = path
         self.batch = batch  # None: every enrolment is committed at once
-        self._db = connect(path, "device registry", SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
-        if "client_cert" not in columns:  # a registry from before mutual TLS: keep every row
-            self._db.execute(
-                "ALTER TABLE devices ADD COLUMN client_cert INTEGER NOT NULL DEFAULT 0"
-            )
+        self._db = connect(path, "device registry", MIGRATIONS)
 
     def get(self, device: str) -> Enrollment | None:
         row = self._query(f"SELECT {COLUMNS} FROM devices WHERE id = ?", device)

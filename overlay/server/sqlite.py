@@ -4,6 +4,10 @@ and committing the writes of concurrent handshakes together.
 WAL lets ``overlay`` commands read while the server writes; a busy timeout lets
 a command that writes (``overlay device add``) wait for the server's commit
 rather than fail; full sync makes every commit survive a crash.
+
+Each store's schema has a version (``PRAGMA user_version``): the number of its
+migrations applied so far. Opening a store applies the missing ones in one
+transaction; a store written by a newer overlay is refused, untouched.
 """
 
 from __future__ import annotations
@@ -11,23 +15,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from overlay.exceptions import StoreError
 
+# One step of a schema: SQL, or a function for what SQL alone cannot say.
+Migration = str | Callable[[sqlite3.Connection], None]
 
-def connect(path: Path, what: str, schema: str) -> sqlite3.Connection:
-    """Open (creating if need be) the store at ``path``; ``what`` names it in errors."""
+
+def connect(path: Path, what: str, migrations: Sequence[Migration]) -> sqlite3.Connection:
+    """Open (creating if need be) the store at ``path`` at the newest schema version;
+    ``what`` names it in errors."""
     try:
         db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate(db, path, what, migrations)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute(schema)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {what} {path}: {exc}") from None
     return db
+
+
+def migrate(db: sqlite3.Connection, path: Path, what: str, migrations: Sequence[Migration]) -> None:
+    """Bring the store to version ``len(migrations)``, all steps in one transaction."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        db.close()
+        raise StoreError(
+            f"{what} {path} has schema version {version}, newer than this overlay knows "
+            f"({len(migrations)}): run the overlay version that wrote it, or a newer one"
+        )
+    if version == len(migrations):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in migrations[version:]:
+            if isinstance(step, str):
+                db.execute(step)
+            else:
+                step(db)
+        db.execute(f"PRAGMA user_version = {len(migrations)}")
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        db.execute("ROLLBACK")
+        raise
 
 
 def connect_readonly(path: Path, what: str) -> sqlite3.Connection:
