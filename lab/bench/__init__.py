@@ -1,0 +1,26 @@
+"""``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
+
+    scripts/bench [--part paths|reconnect]… [--devices N] [--quick] [--json FILE]
+                  [--path direct|overlay|openvpn-tcp]… [--mtu N] [--codel T,I]
+                  [--chart PNG] [--profile DIR]
+
+Part ``paths``: between the same two namespaces joined by a veth, the direct
+path, our overlay and OpenVPN 2.6 in TCP mode (AES-256-GCM, tcp-nodelay,
+txqueuelen 1000, no DCO), each measured the same way: iperf3 TCP throughput
+both ways, idle ping RTT, ping RTT while iperf3 (cubic) fills a 200 Mbit TBF
+bottleneck on both underlay ends (median RTTs), and server CPU seconds per
+Gbit carried. ``--mtu`` and ``--codel`` add overlay rows with those settings;
+``--profile`` samples the overlay's server and device with py-spy while iperf3
+runs each way; ``--chart`` draws the table.
+
+Part ``reconnect`` (the resilience load check): N simulated devices
+(``lab.loadgen``, protocol v1 without a TUN each) connect to one server; then
+the server is restarted twice, gracefully (SIGTERM: devices hear 1001 and come
+back at once) and by SIGKILL (no close frame: devices back off with jitter),
+and the time until every device is back with its old address is measured. It
+also reads the server's RSS per idle tunnel, the new tunnels per second and
+the server's CPU time per new tunnel.
+
+Numbers are printed as a table and written as JSON; nothing is asserted. Only
+addresses inside the bench's own namespaces are used.
+"""
