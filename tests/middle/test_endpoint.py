@@ -163,12 +163,19 @@ async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
         await second.close()
 
 
-async def test_garbage_is_counted_and_the_tunnel_stays_up(served: Served) -> None:
+async def tunnel(served: Served) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """An open tunnel of the enrolled device dev1, past its hello."""
     served.node.registry.add("dev1", None)
     served.node.commits.flush()
     async with aiohttp.ClientSession() as http:
         ws = await connect(served, http)
-        await ws.receive(timeout=5)  # the hello
+        await ws.receive(timeout=5)
+        yield ws
+        await ws.close()
+
+
+async def test_garbage_is_counted_and_the_tunnel_stays_up(served: Served) -> None:
+    async for ws in tunnel(served):
         await ws.send_bytes(b"\x00" * 30)  # not an IP packet
         await ws.send_str("not a frame")
         await ws.ping()
@@ -176,15 +183,10 @@ async def test_garbage_is_counted_and_the_tunnel_stays_up(served: Served) -> Non
         assert not ws.closed
         drops = served.node.status()["drops"]
         assert (drops.get("malformed"), drops.get("unsupported")) == (1, 1)
-        await ws.close()
 
 
 async def test_a_message_over_max_message_is_closed_with_1009(served: Served) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
-    async with aiohttp.ClientSession() as http:
-        ws = await connect(served, http)
-        await ws.receive(timeout=5)
+    async for ws in tunnel(served):
         await ws.send_bytes(b"\x45" + bytes(served.node.config.max_message))
         closed = await ws.receive(timeout=5)
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
