@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import structlog
 
-from appliance import qoe
 from appliance.config import EXAMPLE, ApplianceConfig, load_appliance_config
 from appliance.exceptions import ApplianceError, InputError, VrfError
 from appliance.tunnel import DeviceTunnel, RefusedVrf
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             config = load_appliance_config(args.config)
             log.configure(config.log_level)
+            # uvloop resolves each connect's address in libuv's thread pool, four threads
+            # that then idle for good; one suffices for an agent's one connect at a time
+            os.environ.setdefault("UV_THREADPOOL_SIZE", "1")
             return process.run(lambda stop: run(config, stop))
         if args.command == "status":
             config = load_appliance_config(args.config)
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
         if args.command == "qoe-send":
+            from appliance import qoe  # only this command sends reports
+
             config = load_appliance_config(args.config)
             log.configure(config.log_level)
             vrf = qoe.pick_vrf(config, args.vrf)

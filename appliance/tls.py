@@ -6,7 +6,7 @@ from __future__ import annotations
 import ssl
 
 from appliance.config import VrfConfig
-from overlay import certs, log
+from overlay import identity, log
 
 
 class PinMismatchError(ssl.SSLCertVerificationError):
@@ -29,7 +29,7 @@ def pinned(pins: frozenset[str]) -> type[ssl.SSLObject]:
         def do_handshake(self) -> None:
             super().do_handshake()
             der = self.getpeercert(binary_form=True)
-            pin = certs.spki_pin(der) if der else "none"
+            pin = identity.spki_pin(der) if der else "none"
             if pin not in pins:
                 raise PinMismatchError(pin)
 
@@ -52,7 +52,7 @@ def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
     if vrf.pins:
         context.sslobject_class = pinned(vrf.pins)
     if vrf.client_cert is not None:
-        certs.load_cert_chain(context, vrf.client_cert, vrf.client_key)
+        identity.load_cert_chain(context, vrf.client_cert, vrf.client_key)
     key_log = log.tls_key_log()
     if key_log is not None:
         context.keylog_filename = key_log

@@ -13,6 +13,7 @@
 
 Sockets and threads enter a namespace with setns(2), which acts on the calling
 thread only; the event loop's thread returns to its own namespace at once.
+Only the ``vrf`` backend speaks netlink, so only it loads pyroute2.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from pyroute2 import IPRoute
-from pyroute2 import netns as namespaces
-from pyroute2.netlink.exceptions import NetlinkError
 
 from appliance.exceptions import VrfError
-from overlay.tun import Tun, in_netns
+from overlay import namespace
+from overlay.namespace import in_netns
+from overlay.tun import Tun
 
 BACKENDS = ("default", "netns", "vrf")
 NETNS_ETC = Path("/etc/netns")
@@ -104,6 +104,9 @@ class DeviceBackend(Backend):
         self.device = device
 
     async def check(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         def find() -> list[Any]:
             with IPRoute() as ipr:
                 return list(ipr.get_links(ifname=self.device))
@@ -138,6 +141,9 @@ class DeviceBackend(Backend):
         return make
 
     async def attach(self, tun: Tun) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
         def enslave() -> None:
             with IPRoute() as ipr:
                 master = ipr.link_lookup(ifname=self.device)[0]
@@ -167,7 +173,7 @@ def enter_namespace(name: str) -> None:
     command: the mount namespace is private to this thread (unshare implies
     CLONE_FS), so the bind mounts are seen by nothing else.
     """
-    namespaces.pushns(name)
+    namespace.enter(name)
     etc = NETNS_ETC / name
     if not etc.is_dir():
         return

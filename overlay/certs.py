@@ -1,31 +1,21 @@
-"""Certificates: development ones made with trustme, public-key pins, client identities.
+"""Making certificates: development ones with trustme, and device certificates for mutual TLS.
 
 ``init`` makes a CA, a server certificate and the CA file for devices; trustme
 keeps that CA's key in memory and throws it away, so no one can issue more
 server certificates from it. ``issue_clients`` makes device certificates for
 mutual TLS from a separate client CA whose key it keeps (mode 0600) so more
 devices can follow. Both are for labs and tests; real deployments bring
-certificates from their own PKI (see certs/README.md).
-
-``spki_pin`` is the pin a device checks the server's key against: the base64
-SHA-256 of the DER SubjectPublicKeyInfo, the same value as curl's
-``--pinnedpubkey sha256//…`` and RFC 7469, so it survives a renewed
-certificate as long as the key stays.
+certificates from their own PKI (see certs/README.md). Using certificates
+(loading, names, pins) is :mod:`overlay.identity`, which needs none of this.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import os
-import ssl
 from pathlib import Path
-from typing import Any
 
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from overlay.exceptions import ConfigError
 
@@ -102,41 +92,3 @@ def issue_clients(directory: Path, devices: list[str]) -> list[Path]:
         write_private(directory / f"{device}.key", cert.private_key_pem.bytes())
         written += [cert_path, directory / f"{device}.key"]
     return written
-
-
-def spki_pin(der: bytes) -> str:
-    """The pin of a DER certificate's public key (base64 SHA-256 of its SubjectPublicKeyInfo)."""
-    key = x509.load_der_x509_certificate(der).public_key()
-    digest = hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
-    return base64.b64encode(digest.digest()).decode()
-
-
-def pin_of_file(path: Path) -> str:
-    """The pin of the first certificate in a PEM file (``overlay certs pin``)."""
-    try:
-        pem = path.read_text()
-        return spki_pin(
-            ssl.PEM_cert_to_DER_cert(pem[: pem.index("-----END CERTIFICATE-----") + 25])
-        )
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable PEM certificate ({exc})") from None
-
-
-def certificate_names(peercert: dict[str, Any] | None) -> set[str]:
-    """The names a verified peer certificate (``SSLSocket.getpeercert()``) gives: its
-    subject's common name and its DNS subject alternative names."""
-    if not peercert:
-        return set()
-    names = {
-        value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"
-    }
-    names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
-    return names
-
-
-def load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:
-    """Load a certificate and its key into ``context``, or raise one clear ConfigError."""
-    try:
-        context.load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"cannot load certificate {cert} with key {key}: {exc}") from None

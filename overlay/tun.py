@@ -10,27 +10,28 @@ the device until it would block, so that everything the kernel queued since
 the last wake-up leaves as one WebSocket frame. The device vanishes when its
 file descriptor closes, so a crashed process leaves nothing behind.
 
-Addresses, MTU and link state are set over netlink (pyroute2), never by running
-``ip``. IPv6 is turned off on the device before it goes up: protocol v1 carries
-IPv4, and a fresh link would otherwise send router solicitations into the tunnel.
+Address, MTU, queue length and link state are set with the interface ioctls
+(SIOCSIFADDR and friends, netdevice(7)) on a socket made in the device's
+namespace: the few calls that configure one device, without netlink's library
+(pyroute2 costs a device agent 13 MB) and without a thread. IPv6 is turned off
+on the device before it goes up: protocol v1 carries IPv4, and a fresh link
+would otherwise send router solicitations into the tunnel.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import fcntl
 import ipaddress
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
+import struct
 from typing import Protocol
 
 import pytun
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 from overlay.exceptions import TunError
+from overlay.namespace import in_netns
 from overlay.offload import MAX_RECORD
 
 IFNAMSIZ = 15
@@ -39,6 +40,23 @@ _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK)
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM = 0x01  # the far end may finish checksums
 TUN_F_TSO4 = 0x02  # TCPv4 segments larger than the MTU
+# include/uapi/linux/sockios.h; struct ifreq is a 16-byte name and a 24-byte union
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFADDR = 0x8916
+SIOCSIFNETMASK = 0x891C
+SIOCSIFMTU = 0x8922
+SIOCSIFTXQLEN = 0x8943
+IFF_UP = 0x1
+
+
+def _ifreq_address(name: bytes, address: ipaddress.IPv4Address) -> bytes:
+    """An ifreq holding a sockaddr_in (family in host order, port 0, the address)."""
+    return struct.pack("=16sH2s4s8x", name, socket.AF_INET, b"", address.packed)
+
+
+def _ifreq_int(name: bytes, value: int) -> bytes:
+    return struct.pack("=16si20x", name, value)
 
 
 class TunDevice(Protocol):
@@ -52,25 +70,6 @@ class TunDevice(Protocol):
 
     def read_batch(self, max_bytes: int) -> list[bytes]: ...
     def write(self, *parts: bytes | memoryview) -> bool: ...
-
-
-@contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Run the body in network namespace ``name`` (the current one when None).
-
-    A TUN, like a socket, belongs to the namespace it was created in for its whole life.
-    """
-    if name is None:
-        yield
-        return
-    try:
-        netns.pushns(name)
-    except OSError as exc:
-        raise TunError(f"cannot enter network namespace {name!r}: {exc.strerror}") from None
-    try:
-        yield
-    finally:
-        netns.popns()
 
 
 class Tun:
@@ -122,40 +121,24 @@ class Tun:
         them (500 by default). It is the queue the overlay's inner TCP flows fill while
         the tunnel's socket is busy, so it sets the delay under load: at 200 Mbit/s,
         500 packets of 1,400 bytes wait 28 ms, 64 packets 3.6 ms.
-
-        Netlink runs in a worker thread with pyroute2's synchronous API: its
-        asyncio API needs a loop with AF_NETLINK datagram support, which uvloop lacks.
         """
-        await asyncio.to_thread(self._configure, address, mtu, queue_length)
-        self.address = address
-
-    def _configure(
-        self, address: ipaddress.IPv4Interface, mtu: int, queue_length: int | None
-    ) -> None:
+        name = self.name.encode()
         try:
-            with netlink(self.netns) as ipr:
-                (index,) = ipr.link_lookup(ifname=self.name)
-                if self.address is not None and self.address != address:
-                    ipr.addr(
-                        "del",
-                        index=index,
-                        address=str(self.address.ip),
-                        prefixlen=self.address.network.prefixlen,
-                    )
-                if self.address != address:
-                    ipr.addr(
-                        "replace",
-                        index=index,
-                        address=str(address.ip),
-                        prefixlen=address.network.prefixlen,
-                    )
+            with in_netns(self.netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                if self.address != address:  # SIOCSIFADDR replaces the address it had
+                    fcntl.ioctl(sock, SIOCSIFADDR, _ifreq_address(name, address.ip))
+                    fcntl.ioctl(sock, SIOCSIFNETMASK, _ifreq_address(name, address.netmask))
                 if queue_length is not None:
-                    ipr.link("set", index=index, txqlen=queue_length)
-                ipr.link("set", index=index, mtu=mtu, state="up")
-        except (NetlinkError, OSError, ValueError) as exc:
+                    fcntl.ioctl(sock, SIOCSIFTXQLEN, _ifreq_int(name, queue_length))
+                fcntl.ioctl(sock, SIOCSIFMTU, _ifreq_int(name, mtu))
+                ifreq = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("=16s24x", name))
+                flags = struct.unpack_from("=16sh", ifreq)[1]
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("=16sh22x", name, flags | IFF_UP))
+        except OSError as exc:
             raise TunError(
-                f"cannot configure TUN {self.name} with {address} mtu {mtu}: {exc}"
+                f"cannot configure TUN {self.name} with {address} mtu {mtu}: {exc.strerror}"
             ) from None
+        self.address = address
 
     def set_offload(self, on: bool) -> None:
         """Let the kernel hand over large TCP segments and unfinished checksums, or not."""
@@ -206,18 +189,6 @@ def write_record(fd: int, parts: tuple[bytes | memoryview, ...]) -> bool:
             return False
         raise
     return True
-
-
-def netlink(name: str | None) -> IPRoute:
-    """A netlink socket opened inside namespace ``name``, from the calling thread.
-
-    Not ``IPRoute(netns=name)``: that forks a helper process, and a child forked
-    from an asyncio program inherits the loop's signal wakeup fd, so the SIGTERM
-    that pyroute2 sends its helper reaches the parent's loop as if the parent had
-    been told to stop.
-    """
-    with in_netns(name):
-        return IPRoute()
 
 
 def _disable_ipv6(name: str) -> None:

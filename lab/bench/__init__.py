@@ -1,6 +1,6 @@
 """``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
 
-    scripts/bench [--part paths|reconnect]… [--devices N] [--quick] [--json FILE]
+    scripts/bench [--part paths|reconnect|agent]… [--devices N] [--quick] [--json FILE]
                   [--path direct|overlay|openvpn-tcp]… [--mtu N] [--codel T,I]
                   [--chart PNG] [--profile DIR]
 
@@ -20,6 +20,10 @@ back at once) and by SIGKILL (no close frame: devices back off with jitter),
 and the time until every device is back with its old address is measured. It
 also reads the server's RSS per idle tunnel, the new tunnels per second and
 the server's CPU time per new tunnel.
+
+Part ``agent``: the device agent alone (lab/bench/agent.py): RSS and threads idle
+with one and two VRFs, start to tunnel up, CPU and wake-ups while idle, and the
+memory of each piece it imports.
 
 Numbers are printed as a table and written as JSON; nothing is asserted. Only
 addresses inside the bench's own namespaces are used.

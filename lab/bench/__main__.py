@@ -15,6 +15,7 @@ from typing import Any
 
 from lab import netns
 from lab.bench import __doc__ as DESCRIPTION
+from lab.bench.agent import agent, format_agent
 from lab.bench.measure import PREFIX
 from lab.bench.paths import PATHS, paths
 from lab.bench.reconnect import reconnect
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["paths", "reconnect"], action="append")
+    parser.add_argument("--part", choices=["paths", "reconnect", "agent"], action="append")
     parser.add_argument(
         "--path",
         choices=PATHS,
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     devices = 50 if args.quick else args.devices
-    parts = args.part or ["paths", "reconnect"]
+    parts = args.part or ["paths", "reconnect", "agent"]
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                     netns.remove(ns)
             if "reconnect" in parts:
                 results["reconnect"] = reconnect(Path(tmp) / "reconnect", devices)
+                for ns in netns.names(PREFIX):
+                    netns.remove(ns)
+            if "agent" in parts:
+                results["agent"] = agent(Path(tmp) / "agent", 5 if args.quick else 30)
         finally:
             for ns in netns.names(PREFIX):
                 netns.remove(ns)
@@ -151,6 +156,8 @@ def format_results(results: dict[str, Any]) -> str:
             f"{r['server_cpu_ms_per_return_after_sigkill']:>6.3f} ms "
             "(after SIGKILL: the enrolment and the lease exist)",
         ]
+    if "agent" in results:
+        lines += format_agent(results["agent"])
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from overlay import certs, control, log, process, wire
+from overlay import certs, control, identity, log, process, wire
 from overlay.exceptions import CommandError, ControlError, OverlayError
 from overlay.server import auth, snmp
 from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             return list_qoe(config.qoe_file, args.device, args.limit, args.json)
         if args.command == "certs":
             if args.certs_command == "pin":
-                print(certs.pin_of_file(args.file))
+                print(identity.pin_of_file(args.file))
                 return 0
             if args.certs_command == "client":
                 written = certs.issue_clients(args.directory, args.devices)

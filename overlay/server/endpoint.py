@@ -19,7 +19,7 @@ import time
 import structlog
 from aiohttp import web
 
-from overlay import bridge, certs, wire
+from overlay import bridge, identity, wire
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
 from overlay.exceptions import PoolExhaustedError, StoreError
@@ -119,7 +119,7 @@ class Endpoint:
         if enrollment is not None and enrollment.client_cert:
             transport = request.transport
             peercert = transport.get_extra_info("peercert") if transport is not None else None
-            names = certs.certificate_names(peercert)
+            names = identity.certificate_names(peercert)
             if checked.device not in names:
                 self._failed(source, now)
                 return self._refuse(

@@ -8,7 +8,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from overlay import bridge, certs
+from overlay import bridge, identity
 from overlay import log as overlay_log
 from overlay.exceptions import ConfigError
 from overlay.server.config import ServerConfig
@@ -36,7 +36,7 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext:
     key_log = overlay_log.tls_key_log()
     if key_log is not None:
         context.keylog_filename = key_log
-    certs.load_cert_chain(context, config.cert_file, config.key_file)
+    identity.load_cert_chain(context, config.cert_file, config.key_file)
     if config.client_ca_file is not None:
         try:
             context.load_verify_locations(cafile=config.client_ca_file)

@@ -15,7 +15,7 @@ from tests.integration.conftest import REPO
 pytestmark = pytest.mark.netns
 
 
-def test_quick_bench_measures_every_path_and_reconnects_every_device(tmp_path: Path) -> None:
+def test_quick_bench_measures_every_path_every_device_and_the_agent(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
@@ -32,4 +32,8 @@ def test_quick_bench_measures_every_path_and_reconnects_every_device(tmp_path: P
     reconnect = results["reconnect"]
     assert reconnect["same_addresses_after_sigterm"] is True
     assert reconnect["same_addresses_after_sigkill"] is True
+    agent = results["agent"]
+    assert [run["vrfs"] for run in agent["runs"]] == [1, 2]
+    assert all(run["rss_kib"] > 0 and run["start_to_up_s"] > 0 for run in agent["runs"])
+    assert agent["imports"][-1]["after"] == "the agent's own code"
     assert netns.names("ovlb-") == []

@@ -10,7 +10,7 @@ import pytest
 
 from lab import deploy, netns
 from lab.deploy import BIN, wait_for
-from overlay import certs
+from overlay import certs, identity
 from overlay.server.auth import hash_password
 from tests.integration.conftest import PASSWORD, SRV, URL, Device, Overlay, wait_log
 
@@ -287,14 +287,14 @@ def test_client_certificates_and_server_key_pins(overlay: Overlay) -> None:
         log=overlay.server_log,
     )
     netns.stop(dev1.process)  # type: ignore[arg-type]
-    server_pin = certs.pin_of_file(overlay.pki_dir / certs.CERT_FILE)
+    server_pin = identity.pin_of_file(overlay.pki_dir / certs.CERT_FILE)
     dev1.config.write_text(dev1.config.read_text().replace("dev2.", "dev1."))
     with_server_settings(dev1, f'pin_sha256 = ["{server_pin}"]')
     overlay.start_device(dev1)
 
     # dev2 pins another key: it refuses the server before sending a single credential.
     dev2 = overlay.add_device("dev2")
-    wrong_pin = certs.pin_of_file(clients / certs.CLIENT_CA_FILE)
+    wrong_pin = identity.pin_of_file(clients / certs.CLIENT_CA_FILE)
     with_server_settings(dev2, f'pin_sha256 = ["{wrong_pin}"]')
     handshakes = overlay.server_status()["server"]["handshakes"]
     overlay.start_device(dev2, wait=False)

@@ -22,7 +22,7 @@ import pytest
 from lab import deploy, netns
 from lab.deploy import BIN, wait_for
 from lab.topology import masquerade
-from overlay.tun import in_netns
+from overlay.namespace import in_netns
 from tests.integration.conftest import PASSWORD, SRV, Overlay
 
 pytestmark = pytest.mark.netns

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import load_appliance_config
-from overlay import certs
+from overlay import certs, identity
 from overlay.exceptions import ConfigError
 from overlay.server.registry import Registry
 
@@ -29,14 +29,14 @@ def test_the_pin_is_what_openssl_computes(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    assert certs.pin_of_file(pem) == openssl.stdout.strip()
-    assert len(base64.b64decode(certs.pin_of_file(pem))) == 32
+    assert identity.pin_of_file(pem) == openssl.stdout.strip()
+    assert len(base64.b64decode(identity.pin_of_file(pem))) == 32
 
 
 def test_a_file_without_a_certificate_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.pem").write_text("hello")
     with pytest.raises(ConfigError, match="not a readable PEM certificate"):
-        certs.pin_of_file(tmp_path / "x.pem")
+        identity.pin_of_file(tmp_path / "x.pem")
 
 
 def test_client_certificates_name_their_device_and_the_ca_key_is_kept(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_client_certificates_name_their_device_and_the_ca_key_is_kept(tmp_path: 
     certs.issue_clients(tmp_path, ["dev2"])  # the same CA issues more later
     for device in ("dev1", "dev2"):
         decoded = ssl._ssl._test_decode_cert(str(tmp_path / f"{device}.pem"))  # type: ignore[attr-defined]
-        assert certs.certificate_names(decoded) == {device}
+        assert identity.certificate_names(decoded) == {device}
         context = ssl.create_default_context(cafile=str(tmp_path / certs.CLIENT_CA_FILE))
         context.load_cert_chain(tmp_path / f"{device}.pem", tmp_path / f"{device}.key")
     with pytest.raises(ConfigError, match="exists already"):
@@ -55,8 +55,8 @@ def test_client_certificates_name_their_device_and_the_ca_key_is_kept(tmp_path: 
 
 
 def test_no_certificate_names_nothing() -> None:
-    assert certs.certificate_names(None) == set()
-    assert certs.certificate_names({}) == set()
+    assert identity.certificate_names(None) == set()
+    assert identity.certificate_names({}) == set()
 
 
 def test_an_old_registry_gains_the_certificate_flag_and_keeps_its_devices(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_an_old_registry_gains_the_certificate_flag_and_keeps_its_devices(tmp_pa
 def test_appliance_pins_and_client_certificate_settings(tmp_path: Path) -> None:
     certs.init(tmp_path, ["overlay.test"])
     certs.issue_clients(tmp_path, ["dev1"])
-    pin = certs.pin_of_file(tmp_path / certs.CERT_FILE)
+    pin = identity.pin_of_file(tmp_path / certs.CERT_FILE)
     base = """
 [device]
 id = "dev1"
