@@ -70,7 +70,7 @@ def after_close(code: int | None) -> After:
     """
     if code == CloseCode.GOING_AWAY:
         return After.AT_ONCE
-    if code in (CloseCode.REPLACED, CloseCode.REMOVED):
+    if code in (CloseCode.REPLACED, CloseCode.REMOVED, CloseCode.POLICY_VIOLATION):
         return After.LONGEST
     return After.BACKOFF
 

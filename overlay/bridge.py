@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -94,9 +94,13 @@ _CLOSED = (
 
 
 async def receive(
-    ws: WebSocket, on_frame: Callable[[bytes], None], keepalive: Keepalive, counters: Counters
+    ws: WebSocket,
+    on_frame: Callable[[bytes], Awaitable[None]],
+    keepalive: Keepalive,
+    counters: Counters,
 ) -> aiohttp.WSMessage:
-    """Deliver frames until the peer closes; return the message that ended the loop."""
+    """Deliver frames until the peer closes; return the message that ended the loop.
+    ``on_frame`` may let the loop turn (the server's router does, in large frames)."""
     loop = asyncio.get_running_loop()
     binary, ping = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PING
     while True:
@@ -104,7 +108,7 @@ async def receive(
         keepalive.heard(loop.time())
         kind = message.type
         if kind is binary:
-            on_frame(message.data)
+            await on_frame(message.data)
         elif kind is ping:
             await ws.pong(message.data)
         elif kind in _CLOSED:
@@ -124,7 +128,7 @@ async def keep_alive(ws: WebSocket, keepalive: Keepalive) -> None:
         await ws.ping()
 
 
-def deliver(frame: bytes, tun: TunDevice, counters: Counters, offload: bool) -> None:
+async def deliver(frame: bytes, tun: TunDevice, counters: Counters, offload: bool) -> None:
     """Write the packets of a frame from the server to the device's TUN."""
     try:
         packets = split_packets(frame, HEADER_SIZE if offload else 0)

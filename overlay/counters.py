@@ -26,6 +26,8 @@ class Drop(enum.Enum):
     STALE = "stale"  # dropped from a standing send queue (CoDel), so that it drains
     TUN_FULL = "tun-full"  # the TUN device refused the write (its queue was full)
     UNSUPPORTED = "unsupported"  # IPv6 or a text frame, which protocol v1 does not carry
+    IP_OPTIONS = "ip-options"  # an IPv4 header with options (source routes…) from a device
+    BAD_OFFLOAD = "bad-offload"  # an offload header an honest kernel would not have written
 
 
 @dataclass

@@ -33,6 +33,40 @@ _FIN_PSH = 0x09
 _CWR = 0x80
 
 
+# What an honest kernel writes, and so all that a peer's header may ask of ours:
+# the checksum field's offset in the TCP and UDP headers, and the smallest segment size
+# (the smallest overlay MTU, 576, less the IPv4 and TCP headers). A smaller gso_size
+# would make the server's kernel cut one 64 KiB segment into thousands of packets.
+_CHECKSUM_FIELD = {_TCP: 16, 17: 6}
+MIN_GSO_SIZE = 536
+
+
+def acceptable(record: bytes | memoryview) -> bool:
+    """Whether a header from a peer asks only what a TUN's own header could: no unknown
+    flag bits; a checksum to finish exactly at the TCP or UDP checksum field; TCPv4
+    segmentation only of an unfragmented TCP packet, with a sane segment size."""
+    flags, gso_type, _, gso_size, csum_start, csum_offset = _HEADER.unpack_from(record)
+    if flags & ~NEEDS_CSUM or len(record) < HEADER_SIZE + 20:
+        return False
+    header = (record[HEADER_SIZE] & 0x0F) * 4
+    protocol = record[HEADER_SIZE + 9]
+    if flags & NEEDS_CSUM:
+        if csum_start != header or csum_offset != _CHECKSUM_FIELD.get(protocol):
+            return False
+    elif csum_start or csum_offset:
+        return False
+    if gso_type == GSO_NONE:
+        return bool(gso_size == 0)
+    fragment = record[HEADER_SIZE + 6] & 0x3F or record[HEADER_SIZE + 7]
+    return (
+        gso_type == GSO_TCPV4
+        and protocol == _TCP
+        and bool(flags & NEEDS_CSUM)
+        and not fragment
+        and bool(gso_size >= MIN_GSO_SIZE)
+    )
+
+
 class OffloadError(ValueError):
     """A header that asks for something this end does not do (not TCPv4, bad offsets)."""
 

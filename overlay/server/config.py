@@ -180,6 +180,11 @@ def firewall_config(table: configfile.Table) -> FirewallConfig:
         udp=table.number("udp_timeout", Limits.udp, low=1, high=604800),
         icmp=table.number("icmp_timeout", Limits.icmp, low=1, high=3600),
         other=table.number("other_timeout", Limits.other, low=1, high=604800),
+        max_total_flows=table.integer(
+            "max_total_flows", Limits.max_total_flows, low=1, high=100_000_000
+        ),
+        refused_rate=table.number("refused_rate", Limits.refused_rate, low=1, high=10_000_000),
+        refused_burst=table.number("refused_burst", Limits.refused_burst, low=1, high=100_000_000),
     )
     profiles_dir = table.optional_str("profiles_dir")
     try:

@@ -24,6 +24,7 @@ from overlay.addressing import OVERLAY
 from overlay.codel import Codel
 from overlay.exceptions import PoolExhaustedError, StoreError
 from overlay.server.auth import Checker, Credentials, PasswordHash
+from overlay.server.budget import TokenBucket
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.node import Node
 from overlay.server.ratelimit import FailureLimiter
@@ -150,7 +151,7 @@ class Endpoint:
         if enrollment is None:
             log.info("device enrolled automatically", device=checked.device, peer=source)
 
-        config = self.config
+        config, limits = self.config, self.config.firewall.limits
         ws = web.WebSocketResponse(
             protocols=(wire.SUBPROTOCOL,),
             autoping=False,
@@ -171,6 +172,8 @@ class Endpoint:
             config.ping_interval,
             config.keepalive_misses,
             Codel(config.queue_target, config.queue_interval),
+            TokenBucket(limits.refused_rate, limits.refused_burst, time.monotonic()),
+            node.refusals,
             offload=config.offload and checked.offload,
         )
         previous = node.opened(session)

@@ -3,7 +3,8 @@
 From a device: the source must be the device's own overlay address
 (anti-spoofing) and the destination must be in the service range
 169.254.0.0/24, so devices never reach each other. Protocol v1 carries IPv4
-only. The management side's flows towards devices are routed to whichever
+only, and without options: nothing needs them, and a loose source route could
+name another device. The management side's flows towards devices are routed to whichever
 session owns the destination address.
 """
 
@@ -25,8 +26,8 @@ class Policy:
 
     def from_device(self, packet: memoryview | bytes, source: bytes) -> Drop | None:
         """Return why the packet must be dropped, or None to forward it."""
-        if packet[0] >> 4 != 4:
-            return Drop.UNSUPPORTED
+        if packet[0] != 0x45:  # version 4, a 20-byte header
+            return Drop.UNSUPPORTED if packet[0] >> 4 != 4 else Drop.IP_OPTIONS
         if packet[IPV4_SRC] != source:
             return Drop.SPOOFED
         if int.from_bytes(packet[IPV4_DST], "big") & self._mask != self._network:

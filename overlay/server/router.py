@@ -30,15 +30,16 @@ from typing import Generic, Protocol, TypeVar
 from overlay.bridge import Sender
 from overlay.counters import Counters, Drop
 from overlay.exceptions import FrameError
-from overlay.offload import GSO_NONE, GSO_TCPV4, HEADER_SIZE, PLAIN
+from overlay.offload import HEADER_SIZE, PLAIN, acceptable
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
 from overlay.server.policy import Policy
 from overlay.tun import TunDevice
 from overlay.wire import split_packets
 
-# What a device may ask of the server's kernel: whole packets or TCPv4 segments.
-_SEGMENTATION = (GSO_NONE, GSO_TCPV4)
+# Packets of one device handled between two turns of the event loop: about half a
+# millisecond of work, the most one device's frame delays everyone else.
+TURN_PACKETS = 256
 
 
 class Routed(Protocol):
@@ -105,36 +106,50 @@ class Router(Generic[S]):
         if self.by_address.get(session.address_bytes) is session:
             del self.by_address[session.address_bytes]
 
-    def from_device(self, session: Routed, frame: bytes) -> None:
-        """Deliver the packets of one frame from ``session`` to the TUN."""
+    async def from_device(self, session: Routed, frame: bytes) -> int:
+        """Deliver the packets of one frame from ``session`` to the TUN; return how many
+        were refused (not allowed, spoofed, malformed…: not those the TUN had no room for).
+
+        A frame may hold thousands of small packets. Every ``TURN_PACKETS`` of them the
+        router lets the event loop turn, so that one device's frame delays the others'
+        packets and handshakes by at most that much work; and while this session waits
+        for its turn, aiohttp stops reading its socket once its queue is full, so TCP
+        slows the device down."""
         counters, offload = session.counters, session.offload
         try:
             records = split_packets(frame, HEADER_SIZE if offload else 0)
         except FrameError:
             counters.drop(Drop.MALFORMED)
-            return
+            return 1
         counters.rx_frames += 1
         counters.rx_bytes += len(frame)
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
         firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
-        taps = self._taps
+        taps, refused, budget = self._taps, 0, TURN_PACKETS
         for record in records:
+            budget -= 1
+            if not budget:
+                await asyncio.sleep(0)
+                budget, now = TURN_PACKETS, time.monotonic()
             if offload:
                 packet = record[HEADER_SIZE:]
-                if record[1] not in _SEGMENTATION:
-                    counters.drop(Drop.MALFORMED)
+                if not acceptable(record):
+                    counters.drop(Drop.BAD_OFFLOAD)
+                    refused += 1
                     continue
             else:
                 packet = record
             reason = check(packet, source) or firewall(table, packet, False, now)
             if reason is not None:
                 counters.drop(reason)
+                refused += 1
             elif write(record) if offload else write(PLAIN, packet):
                 counters.rx_packets += 1
                 for tap in taps:
                     tap.offer(source, packet)
             else:
                 counters.drop(Drop.TUN_FULL)
+        return refused
 
     async def run(self) -> None:
         """Forward what the TUN reads to the sessions as it arrives, until cancelled.
@@ -178,6 +193,6 @@ class Router(Generic[S]):
             await asyncio.sleep(interval)
             now = time.monotonic()
             for address, table in list(self.flows.items()):
-                table.sweep(now)
+                self.firewall.sweep(table, now)
                 if not table.flows and address not in self.by_address:
                     del self.flows[address]

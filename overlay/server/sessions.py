@@ -1,10 +1,16 @@
-"""One open tunnel on the server: its WebSocket, lease, queue, counters and log context."""
+"""One open tunnel on the server: its WebSocket, lease, queue, counters and log context.
+
+A session may send some traffic the server refuses; one that keeps sending it
+(past its :class:`~overlay.server.budget.TokenBucket`) is closed with 1008 and
+counted (``refused-traffic``), since refusing costs the one event loop too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections import Counter
 
 import structlog
 from aiohttp import web
@@ -13,6 +19,7 @@ from overlay import bridge
 from overlay.codel import Codel
 from overlay.counters import Counters
 from overlay.keepalive import Keepalive
+from overlay.server.budget import TokenBucket
 from overlay.server.leases import Lease
 from overlay.server.lifecycle import Lifecycle, State
 from overlay.server.router import Router
@@ -38,6 +45,8 @@ class ServerSession:
         ping_interval: int,
         keepalive_misses: int,
         codel: Codel,
+        refused: TokenBucket,
+        closures: Counter[str],
         offload: bool = False,
     ) -> None:
         self.ws = ws
@@ -52,6 +61,8 @@ class ServerSession:
         self.sender = bridge.Sender(queue_bytes, max_message, self.counters, codel)
         self.offload = offload  # packets travel behind their virtio-net headers
         self.keepalive = Keepalive(ping_interval, keepalive_misses)
+        self.refused = refused  # what this device may send that the server refuses
+        self.closures = closures  # the node's count of tunnels it closed, by reason
         self.close_code: int | None = None
         self.close_reason: str | None = None  # ours, when the server closed the tunnel
         self.log = log.bind(
@@ -67,7 +78,7 @@ class ServerSession:
             asyncio.create_task(
                 bridge.receive(
                     self.ws,
-                    lambda frame: router.from_device(self, frame),
+                    lambda frame: self._from_device(router, frame),
                     self.keepalive,
                     self.counters,
                 )
@@ -81,7 +92,14 @@ class ServerSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if tasks[2] in done and self.close_code is None:
+        if tasks[0] in done and isinstance(tasks[0].exception(), _RefusedTooMuch):
+            self.closures["refused-traffic"] += 1
+            self.log.warning(
+                "device keeps sending traffic the server refuses, closing its session",
+                drops=dict(self.counters.drops),
+            )
+            await self.close(CloseCode.POLICY_VIOLATION, "too much refused traffic", wait=0.5)
+        elif tasks[2] in done and self.close_code is None:
             self.log.warning(
                 "device silent, closing its session", silent_for=self.keepalive.timeout
             )
@@ -97,6 +115,11 @@ class ServerSession:
             reason=self.close_reason,
             **self.counters.as_dict(),
         )
+
+    async def _from_device(self, router: Router[ServerSession], frame: bytes) -> None:
+        refused = await router.from_device(self, frame)
+        if refused and not self.refused.spend(refused, time.monotonic()):
+            raise _RefusedTooMuch
 
     async def close(self, code: CloseCode, reason: str, wait: float = CLOSE_WAIT) -> None:
         """Close the tunnel with ``code`` (4001 replaced, 1001 going away, …).
@@ -128,3 +151,7 @@ class ServerSession:
             "flows": flows,
             **self.counters.as_dict(),
         }
+
+
+class _RefusedTooMuch(Exception):
+    """Ends a session's receiving: its device spent its budget of refused traffic."""

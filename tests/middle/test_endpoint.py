@@ -21,6 +21,7 @@ from overlay.server.listener import listen_for_tunnels, tls_context
 from overlay.server.node import Node
 from tests.faketun import FakeTun
 from tests.middle.conftest import PASSWORD, make_node, write_config
+from tests.packets import ipv4
 
 
 @dataclass
@@ -30,8 +31,8 @@ class Served:
     trust: ssl.SSLContext
 
 
-async def serve(tmp_path: Path, tun: FakeTun, pool: str) -> AsyncIterator[Served]:
-    config = load_server_config(write_config(tmp_path, pool=pool))
+async def serve(tmp_path: Path, tun: FakeTun, pool: str, extra: str = "") -> AsyncIterator[Served]:
+    config = load_server_config(write_config(tmp_path, extra, pool=pool))
     node = await make_node(config, tun)
     runner = web.AppRunner(Endpoint(node).app(), access_log=None, handle_signals=False)
     await runner.setup()
@@ -190,3 +191,18 @@ async def test_a_message_over_max_message_is_closed_with_1009(served: Served) ->
         await ws.send_bytes(b"\x45" + bytes(served.node.config.max_message))
         closed = await ws.receive(timeout=5)
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+
+
+async def test_a_device_that_keeps_sending_refused_traffic_is_closed_with_1008(
+    tmp_path: Path, tun: FakeTun
+) -> None:
+    limits = "[firewall]\nrefused_rate = 1\nrefused_burst = 100\n"
+    async for served in serve(tmp_path, tun, "169.254.1.1-169.254.1.2", limits):
+        async for ws in tunnel(served):
+            refused = ipv4("169.254.1.1", "169.254.0.1", 17, b"", 40000, 9999)
+            await ws.send_bytes(refused * 60)  # within the burst
+            await ws.send_bytes(refused * 60)  # past it
+            closed = await ws.receive(timeout=5)
+            assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+        assert served.node.refusals["refused-traffic"] == 1
+        assert served.node.status()["drops"]["policy"] == 120

@@ -4,13 +4,15 @@ and that one stalled session does not delay another (Tailscale derp's TestSendFr
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
 
+from overlay.offload import PLAIN
 from overlay.server.firewall import Firewall, Limits
 from overlay.server.policy import Policy
-from overlay.server.router import Router
+from overlay.server.router import TURN_PACKETS, Router
 from overlay.server.rules import Ruleset, load_profiles
 from tests.faketun import FakeTun
 from tests.middle.conftest import FakeSession, RecordingSocket
@@ -44,21 +46,21 @@ async def running(tun: FakeTun) -> AsyncIterator[Router[FakeSession]]:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def test_a_device_frame_passes_policy_and_firewall_and_taps_see_it(tun: FakeTun) -> None:
+async def test_a_device_frame_passes_policy_and_firewall_and_taps_see_it(tun: FakeTun) -> None:
     router, session, tap = router_for(tun), FakeSession("dev1", "169.254.1.1"), Tap()
     router.attach(session)
     syslog = ipv4("169.254.1.1", SERVER, 17, b"<13>hello", 40000, 514)
     ntp = ipv4("169.254.1.1", SERVER, 17, b"\x23" + bytes(47), 123, 123)
     with router.tapped(tap):
-        router.from_device(session, syslog + ntp)
-    router.from_device(session, syslog)  # the tap is gone
+        assert await router.from_device(session, syslog + ntp) == 0
+    await router.from_device(session, syslog)  # the tap is gone
     assert tun.written() == [syslog, ntp, syslog]
     assert tap.seen == [(session.address_bytes, syslog), (session.address_bytes, ntp)]
     assert session.counters.rx_packets == 3
     assert not session.counters.drops
 
 
-def test_spoofed_device_isolation_and_unallowed_ports_are_dropped_and_counted(
+async def test_spoofed_device_isolation_options_and_unallowed_ports_are_dropped_and_counted(
     tun: FakeTun,
 ) -> None:
     router, session = router_for(tun), FakeSession("dev1", "169.254.1.1")
@@ -66,14 +68,42 @@ def test_spoofed_device_isolation_and_unallowed_ports_are_dropped_and_counted(
     spoofed = ipv4("169.254.1.9", SERVER, 17, b"x", 40000, 514)
     other_device = ipv4("169.254.1.1", "169.254.1.2", 17, b"x", 40000, 514)
     unallowed = ipv4("169.254.1.1", SERVER, 17, b"x", 40000, 9999)
-    router.from_device(session, spoofed + other_device + unallowed)
-    router.from_device(session, b"\x45garbage")
+    plain = ipv4("169.254.1.1", SERVER, 17, b"x", 40000, 514)
+    # a loose source route (option 131) naming another device: IHL 7, the option, a pad
+    routed = bytes([0x47]) + plain[1:20] + bytes([131, 7, 4, 169, 254, 1, 2, 0]) + plain[20:]
+    routed = routed[:2] + len(routed).to_bytes(2, "big") + routed[4:]
+    assert await router.from_device(session, spoofed + other_device + unallowed + routed) == 4
+    assert await router.from_device(session, b"\x45garbage") == 1
     assert tun.written() == []
     assert dict(session.counters.drops) == {
         "spoofed": 1,
         "policy": 2,  # another device; a port no rule allows
+        "ip-options": 1,
         "malformed": 1,
     }
+
+
+async def test_a_frame_of_many_packets_lets_the_loop_turn(tun: FakeTun) -> None:
+    """One device's frame of thousands of small packets must not hold the event loop for
+    all of them: others run every TURN_PACKETS packets."""
+    router, session = router_for(tun), FakeSession("dev1", "169.254.1.1")
+    router.attach(session)
+    refused = ipv4("169.254.1.1", SERVER, 17, b"", 40000, 9999)  # no rule allows it
+    frame = refused * (TURN_PACKETS * 4)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    start = turns
+    assert await router.from_device(session, frame) == TURN_PACKETS * 4
+    ticking.cancel()
+    assert turns - start >= 3  # the other task ran while the frame was handled
 
 
 async def test_a_packet_for_an_address_without_session_is_dropped_and_counted(
@@ -132,3 +162,14 @@ async def wait_until(condition: object, timeout: float = 5) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_offload_headers_no_kernel_would_write_are_refused(tun: FakeTun) -> None:
+    router = router_for(tun)
+    session = FakeSession("dev1", "169.254.1.1", offload=True)
+    router.attach(session)
+    udp = ipv4("169.254.1.1", SERVER, 17, b"x" * 100, 40000, 514)
+    tcp_header_on_udp = struct.pack("<BBHHHH", 1, 1, 0, 1360, 20, 16) + udp
+    assert await router.from_device(session, PLAIN + udp + tcp_header_on_udp) == 1
+    assert tun.written() == [udp]
+    assert dict(session.counters.drops) == {"bad-offload": 1}

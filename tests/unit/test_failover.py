@@ -23,6 +23,7 @@ def test_what_follows_a_close():
     assert after_close(1001) is After.AT_ONCE
     assert after_close(4001) is After.LONGEST
     assert after_close(4003) is After.LONGEST
+    assert after_close(1008) is After.LONGEST  # closed for refused traffic: no quick return
     assert after_close(1000) is After.BACKOFF
     assert after_close(None) is After.BACKOFF
     assert after_refusal(401) is After.LONGEST

@@ -278,3 +278,42 @@ def test_the_last_flow_shortcut_still_tells_protocols_and_directions_apart() -> 
     assert flow.packets == 2 and not flow.replied
     assert fw.check(table, poll, True, 1000) is None  # ended, then opened anew
     assert fw.opened == 2
+
+
+def test_a_full_table_refuses_new_flows_without_walking_itself() -> None:
+    """A flood of new flows against a full table: one sweep a second at most, not one per
+    packet (each walked the whole table: 42 µs a packet at 1,024 flows)."""
+    fw, table = firewall(max_flows=64, udp=60), FlowTable()
+    for n in range(64):
+        assert fw.check(table, to_device(sport=n, dport=161), True, 0) is None
+    for n in range(1000):
+        assert fw.check(table, to_device(sport=1000 + n, dport=161), True, 1) is Drop.FLOW_LIMIT
+    assert table.sweeps == 1  # the first refusal looked once; nothing can end before 60
+    for n in range(1000):
+        fw.check(table, to_device(sport=3000 + n, dport=161), True, 59.5)
+    assert table.sweeps == 1
+    assert fw.check(table, to_device(sport=5000, dport=161), True, 61) is None  # all ended
+    assert table.sweeps == 2
+
+
+def test_a_full_fragment_table_is_not_walked_per_fragment() -> None:
+    fw, table = firewall(max_flows=4), FlowTable()
+    fw.check(table, to_device(sport=40000, dport=161), True, 0)
+    for ident in range(100):
+        first = from_device(MANAGER, sport=161, dport=40000, ident=ident, fragment=0x2000)
+        assert fw.check(table, first, False, 1) is None
+    assert len(table.fragments) == 4
+    assert table.sweeps == 1
+
+
+def test_all_addresses_together_hold_at_most_max_total_flows() -> None:
+    fw = firewall(max_flows=10, max_total_flows=15, udp=60)
+    tables = [FlowTable(), FlowTable()]
+    for n in range(10):
+        assert fw.check(tables[0], to_device(sport=n, dport=161), True, 0) is None
+    verdicts = [fw.check(tables[1], to_device(sport=n, dport=161), True, 0) for n in range(10)]
+    assert verdicts == [None] * 5 + [Drop.FLOW_LIMIT] * 5
+    assert fw.flows == 15
+    fw.sweep(tables[0], 100)  # all ended
+    assert fw.flows == 5
+    assert fw.check(tables[1], to_device(sport=99, dport=161), True, 100) is None

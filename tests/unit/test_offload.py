@@ -94,3 +94,35 @@ def test_a_large_segment_is_cut_as_the_kernel_would():
 def test_headers_this_end_cannot_honour_are_refused(record, message):
     with pytest.raises(OffloadError, match=message):
         offload.plain(record)
+
+
+def test_headers_an_honest_kernel_writes_are_acceptable() -> None:
+    segment = ipv4(SRC, DST, 6, b"x" * 3000)
+    udp = ipv4(SRC, DST, 17, b"x" * 100)
+    assert offload.acceptable(PLAIN + udp)
+    assert offload.acceptable(header(NEEDS_CSUM, 0, 0, 20, 16) + ipv4(SRC, DST, 6, b"x"))
+    assert offload.acceptable(header(NEEDS_CSUM, 0, 0, 20, 6) + udp)
+    assert offload.acceptable(header(NEEDS_CSUM, GSO_TCPV4, 1360, 20, 16) + segment)
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (header(NEEDS_CSUM, GSO_TCPV4, 1360, 20, 6) + ipv4(SRC, DST, 17, b"x" * 3000), "UDP"),
+        (header(NEEDS_CSUM, GSO_TCPV4, 1, 20, 16) + ipv4(SRC, DST, 6, b"x" * 3000), "size 1"),
+        (header(NEEDS_CSUM, GSO_TCPV4, 0, 20, 16) + ipv4(SRC, DST, 6, b"x" * 3000), "size 0"),
+        (header(NEEDS_CSUM, 0, 0, 20, 2) + ipv4(SRC, DST, 6, b"x"), "offset at a port"),
+        (header(NEEDS_CSUM, 0, 0, 0, 16) + ipv4(SRC, DST, 6, b"x"), "start not the header"),
+        (header(0x04, 0, 0, 0, 0) + ipv4(SRC, DST, 6, b"x"), "unknown flag"),
+        (header(0, GSO_TCPV4, 1360, 20, 16) + ipv4(SRC, DST, 6, b"x" * 3000), "no checksum"),
+        (header(0, 0x03, 1360, 0, 0) + ipv4(SRC, DST, 17, b"x"), "UDP fragmentation"),
+        (
+            header(NEEDS_CSUM, GSO_TCPV4, 1360, 20, 16)
+            + ipv4(SRC, DST, 6, b"x" * 3000, fragment=0x2000),
+            "a fragment",
+        ),
+        (header(0, 0, 0, 0, 0) + b"\x45" + bytes(10), "truncated"),
+    ],
+)
+def test_headers_no_kernel_would_write_are_refused(record: bytes, why: str) -> None:
+    assert not offload.acceptable(record), why
