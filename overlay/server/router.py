@@ -37,9 +37,9 @@ from overlay.server.policy import Policy
 from overlay.tun import TunDevice
 from overlay.wire import split_packets
 
-# Packets of one device handled between two turns of the event loop: about half a
-# millisecond of work, the most one device's frame delays everyone else.
-TURN_PACKETS = 256
+# Packets of one device handled between two turns of the event loop: a fraction of a
+# millisecond of work, the most one device delays everyone else in a turn.
+TURN_PACKETS = 64
 
 
 class Routed(Protocol):
@@ -55,6 +55,8 @@ class Routed(Protocol):
     def counters(self) -> Counters: ...
     @property
     def sender(self) -> Sender: ...
+
+    turn_budget: int  # packets it may still hand over before the loop must turn
 
 
 class Tap(Protocol):
@@ -110,11 +112,12 @@ class Router(Generic[S]):
         """Deliver the packets of one frame from ``session`` to the TUN; return how many
         were refused (not allowed, spoofed, malformed…: not those the TUN had no room for).
 
-        A frame may hold thousands of small packets. Every ``TURN_PACKETS`` of them the
-        router lets the event loop turn, so that one device's frame delays the others'
-        packets and handshakes by at most that much work; and while this session waits
-        for its turn, aiohttp stops reading its socket once its queue is full, so TCP
-        slows the device down."""
+        A device may send thousands of small packets in a frame, or a queue of small
+        frames that its WebSocket hands over without a pause. Every ``TURN_PACKETS`` of
+        its packets, across frames, the router lets the event loop turn, so that one
+        device delays the others' packets and handshakes by at most that much work each
+        turn; and while this session waits for its turn, aiohttp stops reading its
+        socket once its queue is full, so TCP slows the device down."""
         counters, offload = session.counters, session.offload
         try:
             records = split_packets(frame, HEADER_SIZE if offload else 0)
@@ -125,7 +128,7 @@ class Router(Generic[S]):
         counters.rx_bytes += len(frame)
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
         firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
-        taps, refused, budget = self._taps, 0, TURN_PACKETS
+        taps, refused, budget = self._taps, 0, session.turn_budget
         for record in records:
             budget -= 1
             if not budget:
@@ -149,6 +152,7 @@ class Router(Generic[S]):
                     tap.offer(source, packet)
             else:
                 counters.drop(Drop.TUN_FULL)
+        session.turn_budget = budget
         return refused
 
     async def run(self) -> None:

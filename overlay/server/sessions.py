@@ -22,7 +22,7 @@ from overlay.keepalive import Keepalive
 from overlay.server.budget import TokenBucket
 from overlay.server.leases import Lease
 from overlay.server.lifecycle import Lifecycle, State
-from overlay.server.router import Router
+from overlay.server.router import TURN_PACKETS, Router
 from overlay.status import SessionStatus
 from overlay.wire import CloseCode, Hello
 
@@ -61,6 +61,7 @@ class ServerSession:
         self.sender = bridge.Sender(queue_bytes, max_message, self.counters, codel)
         self.offload = offload  # packets travel behind their virtio-net headers
         self.keepalive = Keepalive(ping_interval, keepalive_misses)
+        self.turn_budget = TURN_PACKETS  # the router's count, across this session's frames
         self.refused = refused  # what this device may send that the server refuses
         self.closures = closures  # the node's count of tunnels it closed, by reason
         self.close_code: int | None = None

@@ -20,6 +20,7 @@ from overlay.server.config import ServerConfig, load_server_config
 from overlay.server.leases import LeaseStore
 from overlay.server.node import Node
 from overlay.server.registry import Registry
+from overlay.server.router import TURN_PACKETS
 from overlay.server.rulebook import Rulebook
 from overlay.server.sqlite import GroupCommit
 from tests.faketun import FakeTun
@@ -60,6 +61,7 @@ class FakeSession:
     offload: bool = False
     counters: Counters = field(default_factory=Counters)
     sender: Sender = field(init=False)
+    turn_budget: int = TURN_PACKETS
 
     def __post_init__(self) -> None:
         self.sender = Sender(self.queue_bytes, self.max_message, self.counters, Codel())
