@@ -122,11 +122,10 @@ def offered_version(protocols: Iterable[str]) -> int | None:
     """Return the highest ``ovl.vN`` version a client offers, or None when it offers none."""
     versions = []
     for protocol in protocols:
-        if (
-            protocol.startswith(SUBPROTOCOL_PREFIX)
-            and protocol[len(SUBPROTOCOL_PREFIX) :].isdigit()
-        ):
-            versions.append(int(protocol[len(SUBPROTOCOL_PREFIX) :]))
+        number = protocol[len(SUBPROTOCOL_PREFIX) :]
+        # ASCII digits only ("ovl.v²" is a digit to str.isdigit), and few of them
+        if protocol.startswith(SUBPROTOCOL_PREFIX) and number.isascii() and number.isdigit():
+            versions.append(int(number[:9]) if len(number) <= 9 else 10**9)
     return max(versions) if versions else None
 
 

@@ -10,17 +10,24 @@
 The token is a random secret the server writes once, mode 0600, to
 ``admin.token_file`` (``STATE_DIR/admin-token`` by default); clients send it as
 ``Authorization: Bearer TOKEN``. A wrong or missing token is 401 and counted.
+
+Every request must name the listener by an address, ``localhost``, or one of
+``admin.names`` in its Host header; any other is 421 and counted
+(``admin-host``). A web page that an operator's browser opened cannot then read
+``/metrics`` through a name it made point at the listener (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import yarl
 from aiohttp import web
 
 from overlay import certs
@@ -28,6 +35,7 @@ from overlay.server import metrics
 from overlay.status import ServerStatus
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The status page: static, served without the token; its script asks the API with the
 # token the operator puts in the URL fragment (/#token=…), never sent to the server.
@@ -105,17 +113,41 @@ def load_token(path: Path) -> str:
     return path.read_text().strip()
 
 
+def named_here(host: str | None, names: frozenset[str]) -> bool:
+    """Whether a Host header names this listener: an address, localhost, or ``names``."""
+    try:
+        name = (yarl.URL(f"http://{host}/").host or "").strip("[]").lower() if host else ""
+    except ValueError:
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name == "localhost" or name in names
+    return True
+
+
 def application(
     token: str,
     status: Callable[[], ServerStatus],
     actions: dict[str, Action],
     metrics_need_token: bool,
     refusals: Counter[str],
+    names: frozenset[str] = frozenset(),
 ) -> web.Application:
     expected = f"Bearer {token}".encode()
 
+    @web.middleware
+    async def host_named(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not named_here(request.headers.get("Host"), names):
+            refusals["admin-host"] += 1
+            return web.json_response(
+                {"error": "this listener answers to its address, localhost and admin.names"},
+                status=421,
+            )
+        return await handler(request)
+
     def authorized(request: web.Request) -> bool:
-        given = request.headers.get("Authorization", "").encode()
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if hmac.compare_digest(given, expected):
             return True
         refusals["admin-token"] += 1
@@ -150,7 +182,7 @@ def application(
     async def get_page(request: web.Request) -> web.Response:
         return web.Response(body=PAGE.read_bytes(), content_type="text/html", headers=PAGE_HEADERS)
 
-    app = web.Application()
+    app = web.Application(middlewares=[host_named])
     app.router.add_get("/api/v1/status", get_status)
     app.router.add_post("/api/v1/devices/{device}/{action:unbind|remove}", post_device)
     app.router.add_get("/metrics", get_metrics)

@@ -77,8 +77,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.callback(commits.flush)  # before the stores close
         node = Node(config, store, registry, commits, tun, collector, rulebook)
         # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
+        endpoint = Endpoint(node)
+        stack.callback(endpoint.close)
         runner = web.AppRunner(
-            Endpoint(node).app(), access_log=None, handle_signals=False, tcp_keepalive=False
+            endpoint.app(), access_log=None, handle_signals=False, tcp_keepalive=False
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -100,6 +102,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
                 {"unbind": node.unbind, "remove": node.remove},
                 config.metrics_need_token,
                 node.refusals,
+                config.admin_names,
             )
             admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
             await admin_runner.setup()
@@ -118,6 +121,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(cancel, router)
         sweeper = asyncio.create_task(node.router.sweep())
         stack.push_async_callback(cancel, sweeper)
+        forgetting = asyncio.create_task(endpoint.forget())
+        stack.push_async_callback(cancel, forgetting)
 
         log.info(
             "server listening",

@@ -54,11 +54,13 @@ class ServerConfig:
     max_failures: int
     failure_window: float
     lockout: float
+    max_vrfs: int  # VRFs (leases) per device, unless its enrolment says otherwise
     state_dir: Path
     log_level: str
     qoe_port: int | None
     admin: tuple[str, int] | None  # host and port of the admin listener, None when off
     admin_token_file: Path
+    admin_names: frozenset[str]  # Host names the admin listener answers to, besides addresses
     metrics_need_token: bool
     firewall: FirewallConfig
 
@@ -151,6 +153,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         max_failures=auth.integer("max_failures", 10, low=1, high=10000),
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
         lockout=auth.number("lockout", 60.0, low=1, high=86400),
+        max_vrfs=auth.integer("max_vrfs", 8, low=1, high=65536),
         state_dir=state_dir,
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)
@@ -161,6 +164,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
             root.path, admin.string("token_file", str(state_dir / "admin-token"))
         ),
         metrics_need_token=admin.flag("metrics_need_token", False),
+        admin_names=frozenset(name.lower() for name in admin.strings("names", [])),
         firewall=firewall_config(firewall),
     )
     if config.offload:

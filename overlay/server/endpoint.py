@@ -1,20 +1,31 @@
 """The tunnel endpoint: from an HTTP request to an open session, or a counted refusal.
 
-A tunnel request goes through, in order: the rate limit (429), the header
-checks of :mod:`overlay.server.handshake` (400/426/401), the enrolment (403),
-the client certificate and the credentials (401, checked off the event loop),
-the enrolment and lease (503 when the pool is exhausted or the store fails).
-Only then is the WebSocket upgraded, an older session of the same (device,
-VRF) closed with 4001, and the hello sent. Every refusal is counted by reason
-and logged once.
+A tunnel request goes through, in order: the rate limit (429, unless the
+request carries credentials this server accepted before: someone else's
+guesses from behind the same NAT do not lock a device out), the header checks
+of :mod:`overlay.server.handshake` (400/426/401), the enrolment (403), the
+client certificate and the credentials (401), the VRF limit (403), the takeover
+limit (429), the enrolment and lease (503 when the pool is exhausted or the
+store fails). Only then is the WebSocket upgraded, an older session of the
+same (device, VRF) closed with 4001, and the hello sent. Every refusal is
+counted by reason and logged once.
+
+Credentials are checked by scrypt in a pool of ``SCRYPT_THREADS`` threads with
+at most ``SCRYPT_WAITING`` checks waiting (beyond: 503, ``auth-busy``), one
+check at a time per source address, and the checks under way count against
+that address's failures: a flood of guesses costs the guessers time, and
+cannot starve the logins of others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from aiohttp import web
@@ -32,6 +43,16 @@ from overlay.server.registry import Enrollment
 from overlay.server.sessions import ServerSession
 
 log = structlog.get_logger("overlay.server")
+SCRYPT_THREADS = 2  # each scrypt holds 16 MiB while it runs
+SCRYPT_WAITING = 64  # checks that may wait for a thread; more are refused (auth-busy)
+# Takeovers of one (device, VRF): three at once, then one a minute. A device that moved
+# takes its tunnel over once; two that claim one id would take it from each other forever.
+TAKEOVER_RATE, TAKEOVER_BURST = 1 / 60, 3
+LOG_EVERY = 1.0  # seconds between two log lines of one kind of refusal
+
+
+class AuthBusy(Exception):
+    """Too many credential checks are waiting already."""
 
 
 class Endpoint:
@@ -44,26 +65,59 @@ class Endpoint:
         self.checker = Checker()
         self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
         self._checks: dict[bytes, asyncio.Future[bool]] = {}
+        self._scrypt = ThreadPoolExecutor(SCRYPT_THREADS, thread_name_prefix="scrypt")
+        self._waiting = 0  # checks waiting for or running in the pool
+        self._turns: dict[str, asyncio.Lock] = {}  # one check at a time per source
+        self._takeovers: dict[tuple[str, str], TokenBucket] = {}
+        self._logged: dict[str, tuple[float, int]] = {}  # by reason: last line, refusals since
+
+    def close(self) -> None:
+        self._scrypt.shutdown(wait=False, cancel_futures=True)
+
+    async def forget(self, interval: float = 10.0) -> None:
+        """Age the failure tables on a timer, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            self.limiter.forget_old(now)
+            for key, bucket in list(self._takeovers.items()):
+                if bucket.spend(0, now) and bucket.tokens >= bucket.burst:
+                    del self._takeovers[key]  # full again: as if it had never been used
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(self.config.path, self.handle_tunnel)
         return app
 
-    def _refuse(self, request: web.Request, refusal: Refusal, device: str = "") -> web.Response:
+    def _refuse(
+        self,
+        request: web.Request,
+        refusal: Refusal,
+        device: str = "",
+        retry_after: int | None = None,
+    ) -> web.Response:
         self.node.refusals[refusal.reason] += 1
-        log.warning(
-            "tunnel refused",
-            status=refusal.status,
-            reason=refusal.reason,
-            peer=request.remote,
-            device=device or None,
-        )
+        now = time.monotonic()
+        last, unlogged = self._logged.get(refusal.reason, (float("-inf"), 0))
+        if now - last >= LOG_EVERY:  # a flood of refusals is one line a second, with a count
+            self._logged[refusal.reason] = (now, 0)
+            log.warning(
+                "tunnel refused",
+                status=refusal.status,
+                reason=refusal.reason,
+                peer=request.remote,
+                device=device or None,
+                **({"not_logged_since": unlogged} if unlogged else {}),
+            )
+        else:
+            self._logged[refusal.reason] = (last, unlogged + 1)
         headers = {}
         if refusal.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="overlay"'
         elif refusal.status == 426:
             headers["Sec-WebSocket-Protocol"] = wire.SUBPROTOCOL
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         return web.Response(status=refusal.status, text=refusal.message + "\n", headers=headers)
 
     def expected(self, enrollment: Enrollment | None) -> Credentials | None:
@@ -72,7 +126,9 @@ class Endpoint:
             return Credentials(enrollment.device, PasswordHash.parse(enrollment.password_hash))
         return self.config.shared
 
-    async def _authenticate(self, expected: Credentials, request: TunnelRequest) -> bool:
+    async def _authenticate(
+        self, expected: Credentials, request: TunnelRequest, source: str
+    ) -> bool:
         """Check credentials; identical checks under way at once share one scrypt run.
 
         After a restart every device arrives at once with the same shared
@@ -84,12 +140,45 @@ class Endpoint:
             return True
         pending = self._checks.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(
-                asyncio.to_thread(self.checker.check, expected, username, password, key)
-            )
+            if self._waiting >= SCRYPT_WAITING:
+                raise AuthBusy
+            pending = asyncio.ensure_future(self._check(source, expected, username, password, key))
             self._checks[key] = pending
             pending.add_done_callback(lambda _: self._checks.pop(key, None))
         return await asyncio.shield(pending)
+
+    async def _check(
+        self, source: str, expected: Credentials, username: str, password: str, key: bytes
+    ) -> bool:
+        self._waiting += 1
+        try:
+            async with self._turn(source):
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._scrypt, self.checker.check, expected, username, password, key
+                )
+        finally:
+            self._waiting -= 1
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, source: str) -> AsyncIterator[None]:
+        """One credential check at a time for ``source``."""
+        lock = self._turns.setdefault(source, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._turns.get(source) is lock:
+                del self._turns[source]  # a later waiter makes a new one: still one at a time
+
+    def _accepted_before(self, request: web.Request) -> bool:
+        """Whether the request carries credentials this server accepted before."""
+        checked = check_request(request.headers)
+        if isinstance(checked, Refusal):
+            return False
+        expected = self.expected(self.node.registry.get(checked.device))
+        return expected is not None and self.checker.remembered(
+            self.checker.token(expected, checked.username, checked.password)
+        )
 
     def _failed(self, source: str, now: float) -> None:
         if self.limiter.failed(source, now):
@@ -101,7 +190,7 @@ class Endpoint:
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         node, source, now = self.node, request.remote or "?", time.monotonic()
         wait = self.limiter.retry_after(source, now)
-        if wait > 0:
+        if wait > 0 and not self._accepted_before(request):
             node.refusals["rate-limited"] += 1
             return web.Response(
                 status=429,
@@ -129,11 +218,46 @@ class Endpoint:
                     checked.device,
                 )
         expected = self.expected(enrollment)
-        if expected is None or not await self._authenticate(expected, checked):
+        self.limiter.checking(source)
+        try:
+            accepted = expected is not None and await self._authenticate(expected, checked, source)
+        except AuthBusy:
+            return self._refuse(
+                request,
+                Refusal(503, "auth-busy", "the server is busy checking credentials; try later"),
+                checked.device,
+                retry_after=1,
+            )
+        finally:
+            self.limiter.checked(source)
+        if not accepted:
             self._failed(source, now)
             return self._refuse(
                 request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
             )
+        cap = self.config.max_vrfs if enrollment is None else enrollment.max_vrfs
+        cap = self.config.max_vrfs if cap is None else cap
+        if (
+            not node.store.holds(checked.device, checked.vrf)
+            and node.store.vrfs(checked.device) >= cap
+        ):
+            return self._refuse(
+                request,
+                Refusal(403, "vrf-limit", f"the device holds its limit of {cap} VRFs"),
+                checked.device,
+            )
+        key = (checked.device, checked.vrf)
+        if key in node.router.by_key:
+            bucket = self._takeovers.setdefault(
+                key, TokenBucket(TAKEOVER_RATE, TAKEOVER_BURST, now)
+            )
+            if not bucket.spend(1, now):
+                return self._refuse(
+                    request,
+                    Refusal(429, "takeover-limit", "this tunnel was taken over too often"),
+                    checked.device,
+                    retry_after=math.ceil(1 / TAKEOVER_RATE),
+                )
         try:
             if enrollment is None:
                 node.registry.add(checked.device, None)
@@ -179,6 +303,15 @@ class Endpoint:
         previous = node.opened(session)
         try:
             if previous is not None:
+                if previous.peer != source:  # a device that moved, or one that claims its id
+                    node.refusals["takeover-other-peer"] += 1
+                    log.warning(
+                        "tunnel taken over from another address",
+                        device=checked.device,
+                        vrf=checked.vrf,
+                        peer=source,
+                        previous_peer=previous.peer,
+                    )
                 await previous.close(wire.CloseCode.REPLACED, "replaced by a newer session")
             hello = wire.Hello(
                 address=str(lease.address),

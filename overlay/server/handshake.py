@@ -10,7 +10,6 @@ by the caller, which owns the slow and stateful parts.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def parse_basic(value: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, non-ASCII input, or not UTF-8
         return None
     username, colon, password = decoded.partition(":")
     if not colon or not username:

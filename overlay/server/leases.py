@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +57,25 @@ class LeaseStore:
         self._by_key: dict[tuple[str, str], Lease] = {}
         self._by_address: dict[ipaddress.IPv4Address, Lease] = {}
         self._last: ipaddress.IPv4Address | None = None
+        self._vrfs: Counter[str] = Counter()  # leases by device
         for device, vrf, address, created in rows:
             lease = Lease(device, vrf, ipaddress.IPv4Address(address), created)
             self._by_key[(device, vrf)] = lease
             self._by_address[lease.address] = lease
+            self._vrfs[device] += 1
             if self._last is None or lease.address > self._last:
                 self._last = lease.address
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    def holds(self, device: str, vrf: str) -> bool:
+        """Whether (device, VRF) has its lease already."""
+        return (device, vrf) in self._by_key
+
+    def vrfs(self, device: str) -> int:
+        """How many VRFs of ``device`` hold a lease."""
+        return self._vrfs[device]
 
     def owner(self, address: ipaddress.IPv4Address) -> Lease | None:
         """The lease holding ``address``, if any."""
@@ -93,6 +104,7 @@ class LeaseStore:
             raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
         self._by_key[(device, vrf)] = lease
         self._by_address[address] = lease
+        self._vrfs[device] += 1
         self._last = address
         if self.batch is not None:
             self.batch.undo(self._db, lambda: self._forget(lease, last))
@@ -102,6 +114,7 @@ class LeaseStore:
         """Take back a lease whose commit failed."""
         del self._by_key[(lease.device, lease.vrf)]
         del self._by_address[lease.address]
+        self._vrfs[lease.device] -= 1
         self._last = last
 
     def release(self, device: str) -> list[Lease]:
@@ -116,6 +129,7 @@ class LeaseStore:
         for lease in released:
             del self._by_key[(lease.device, lease.vrf)]
             del self._by_address[lease.address]
+        self._vrfs.pop(device, None)
         return released
 
     def all(self) -> list[Lease]:

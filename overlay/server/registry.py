@@ -41,8 +41,12 @@ CREATE TABLE IF NOT EXISTS devices (
         db.execute("ALTER TABLE devices ADD COLUMN client_cert INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: list[Migration] = [_create_devices]
-COLUMNS = "id, password_hash, created, client_cert"
+MIGRATIONS: list[Migration] = [
+    _create_devices,
+    # version 2: how many VRFs (leases) the device may hold; NULL: auth.max_vrfs
+    "ALTER TABLE devices ADD COLUMN max_vrfs INTEGER",
+]
+COLUMNS = "id, password_hash, created, client_cert, max_vrfs"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Enrollment:
     password_hash: str | None  # None: the shared credential applies
     created: float
     client_cert: bool = False  # must present a client certificate naming it
+    max_vrfs: int | None = None  # None: the server's auth.max_vrfs
 
 
 class Registry:
@@ -63,28 +68,37 @@ class Registry:
         row = self._query(f"SELECT {COLUMNS} FROM devices WHERE id = ?", device)
         return self._enrollment(row[0]) if row else None
 
-    def add(self, device: str, password_hash: str | None, client_cert: bool = False) -> Enrollment:
-        """Enroll ``device``; enrolling it again replaces its password and certificate need.
+    def add(
+        self,
+        device: str,
+        password_hash: str | None,
+        client_cert: bool = False,
+        max_vrfs: int | None = None,
+    ) -> Enrollment:
+        """Enroll ``device``; enrolling it again replaces its password, certificate need
+        and VRF limit.
 
         With a :class:`GroupCommit`, the enrolment is durable once its ``wait()`` returns.
         """
-        enrollment = Enrollment(device, password_hash, time.time(), client_cert)
+        enrollment = Enrollment(device, password_hash, time.time(), client_cert, max_vrfs)
         if self.batch is not None:
             self.batch.begin(self._db)
         self._query(
-            "INSERT INTO devices (id, password_hash, created, client_cert) VALUES (?, ?, ?, ?) "
+            "INSERT INTO devices (id, password_hash, created, client_cert, max_vrfs) "
+            "VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
-            "client_cert = excluded.client_cert",
+            "client_cert = excluded.client_cert, max_vrfs = excluded.max_vrfs",
             device,
             password_hash,
             enrollment.created,
             int(client_cert),
+            max_vrfs,
         )
         return enrollment
 
     @staticmethod
-    def _enrollment(row: tuple[str, str | None, float, int]) -> Enrollment:
-        return Enrollment(row[0], row[1], row[2], bool(row[3]))
+    def _enrollment(row: tuple[str, str | None, float, int, int | None]) -> Enrollment:
+        return Enrollment(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def remove(self, device: str) -> bool:
         if self.batch is not None:
@@ -101,7 +115,9 @@ class Registry:
     def close(self) -> None:
         self._db.close()
 
-    def _query(self, sql: str, *args: object) -> list[tuple[str, str | None, float, int]]:
+    def _query(
+        self, sql: str, *args: object
+    ) -> list[tuple[str, str | None, float, int, int | None]]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:

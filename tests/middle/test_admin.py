@@ -3,6 +3,7 @@ Prometheus' own parser reads it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -59,3 +60,38 @@ async def test_metrics_parse_with_prometheus_own_parser(
         "rx",
         "tx",
     }
+
+
+@pytest.mark.parametrize(
+    ("host", "answered"),
+    [
+        ("127.0.0.1:9180", True),
+        ("[::1]:9180", True),
+        ("localhost:9180", True),
+        ("ops.example.net", True),  # in admin.names
+        ("evil.example.com:9180", False),  # a name made to point here (DNS rebinding)
+        ("", False),
+    ],
+)
+def test_the_listener_answers_only_to_its_names(host: str, answered: bool) -> None:
+    assert admin.named_here(host, frozenset({"ops.example.net"})) is answered
+
+
+async def test_a_foreign_host_header_is_421_and_counted(
+    client: TestClient[object, object], node: Node
+) -> None:
+    response = await client.get("/metrics", headers={"Host": "evil.example.com:9180"})
+    assert response.status == 421
+    assert node.refusals["admin-host"] == 1
+
+
+async def test_a_token_that_is_not_utf8_is_a_401(
+    client: TestClient[object, object], node: Node
+) -> None:
+    """aiohttp hands such bytes over as surrogates, which broke the token's comparison."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    writer.write(b"Authorization: Bearer t\xff\xfe\r\nConnection: close\r\n\r\n")
+    assert (await reader.readline()).split()[1] == b"401"
+    writer.close()
+    assert node.refusals["admin-token"] == 1

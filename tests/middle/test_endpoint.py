@@ -206,3 +206,84 @@ async def test_a_device_that_keeps_sending_refused_traffic_is_closed_with_1008(
             assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1008)
         assert served.node.refusals["refused-traffic"] == 1
         assert served.node.status()["drops"]["policy"] == 120
+
+
+async def raw_status(served: Served, head: bytes) -> int:
+    """The status line's code for a request written byte for byte (``head`` without the
+    request line's path and the final blank line)."""
+    port = int(served.url.split(":")[2].split("/")[0])
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=served.trust, server_hostname="overlay.test"
+    )
+    writer.write(b"GET /tun HTTP/1.1\r\nHost: overlay.test\r\n" + head + b"\r\n")
+    line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    return int(line.split()[1])
+
+
+UPGRADE = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Ovl-Device: dev1\r\n"
+)
+
+
+async def test_malformed_requests_are_counted_refusals_not_errors(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    protocol = b"Sec-WebSocket-Protocol: ovl.v1\r\n"
+    not_ascii = "Authorization: Basic dmlw\u00e9\r\n".encode()
+    assert await raw_status(served, UPGRADE + protocol + not_ascii) == 401
+    assert (
+        await raw_status(served, UPGRADE + "Sec-WebSocket-Protocol: ovl.v\u00b2\r\n".encode())
+        == 400
+    )
+    huge = b"Sec-WebSocket-Protocol: ovl.v" + b"9" * 5000 + b"\r\n"
+    assert await raw_status(served, UPGRADE + huge) == 426
+    assert dict(served.node.refusals) == {"no-credentials": 1, "no-subprotocol": 1, "version": 1}
+
+
+async def test_concurrent_guesses_from_one_address_are_not_all_checked(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    statuses = await asyncio.gather(
+        *(status_of(served, headers(password=f"guess-{n}")) for n in range(60))
+    )
+    assert statuses.count(401) <= 3  # max_failures: the rest waited for none of them
+    assert statuses.count(429) >= 57
+    assert served.node.refusals["bad-credentials"] <= 3
+
+
+async def test_a_device_is_not_locked_out_by_guesses_from_its_own_address(
+    served: Served,
+) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    assert await status_of(served, headers()) == 101  # accepted once
+    for _ in range(3):
+        await status_of(served, headers("dev1", password="a-guess"))
+    assert await status_of(served, headers("dev1", password="a-guess")) == 429  # locked out
+    assert await status_of(served, headers()) == 101  # but not the device that logged in
+
+
+async def test_a_device_gets_at_most_its_limit_of_vrfs(served: Served) -> None:
+    served.node.registry.add("dev1", None, max_vrfs=2)
+    served.node.commits.flush()
+    for vrf, expected in (("a", 101), ("b", 101), ("c", 403), ("a", 101)):
+        assert await status_of(served, {**headers(), wire.HEADER_VRF: vrf}) == expected, vrf
+    assert served.node.refusals["vrf-limit"] == 1
+    assert {lease.vrf for lease in served.node.store.all()} == {"a", "b"}
+
+
+async def test_takeovers_of_one_tunnel_are_limited(served: Served) -> None:
+    served.node.registry.add("dev1", None)
+    served.node.commits.flush()
+    async with aiohttp.ClientSession() as http:
+        open_ = [await connect(served, http)]  # the first holds the tunnel
+        for _ in range(3):  # three takeovers at once are fine (a device that moved)
+            open_.append(await connect(served, http))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect(served, http)
+        assert refused.value.status == 429
+        assert served.node.refusals["takeover-limit"] == 1
+        for ws in open_:
+            await ws.close()

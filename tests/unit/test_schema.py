@@ -25,7 +25,7 @@ def test_a_registry_from_before_versions_and_mutual_tls_keeps_every_row(tmp_path
     enrolled = registry.get("SN-1")
     registry.close()
     assert enrolled is not None and not enrolled.client_cert
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (1,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
 
 
 @pytest.mark.parametrize(
