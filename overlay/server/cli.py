@@ -80,9 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("id", help="device id, e.g. its serial number")
     secret = add.add_mutually_exclusive_group()
     secret.add_argument(
-        "--generate", action="store_true", help="give it a strong password of its own, printed once"
+        "--generate",
+        action="store_true",
+        help="give it a strong password of its own, printed once (recommended: with the "
+        "shared credential any device can log in as this one)",
     )
     secret.add_argument("--password-file", type=Path, help="its own password, from a file")
+    add.add_argument(
+        "--max-vrfs",
+        type=int,
+        metavar="N",
+        help="the most VRFs (tunnels with their own address) it may open; default: auth.max_vrfs",
+    )
     add.add_argument(
         "--require-cert",
         action="store_true",
@@ -352,8 +361,15 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
                 "--require-cert needs auth.client_ca_file in the server config: "
                 "the CA that issues device certificates"
             )
+        if args.max_vrfs is not None and not 1 <= args.max_vrfs <= 65536:
+            return process.fail(f"--max-vrfs must be 1 to 65536, not {args.max_vrfs}")
         registry = Registry(config.registry_file)
-        registry.add(args.id, auth.hash_password(password) if password else None, args.require_cert)
+        registry.add(
+            args.id,
+            auth.hash_password(password) if password else None,
+            args.require_cert,
+            args.max_vrfs,
+        )
         registry.close()
         if args.generate:
             print(
@@ -366,6 +382,12 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
                 f"{'its own password' if password else 'the shared credential'}"
                 f"{' and a client certificate' if args.require_cert else ''}"
             )
+            if not password and not args.require_cert:
+                print(
+                    "note: any device with the shared credential can log in as "
+                    f"{args.id}; --generate or --require-cert gives it an identity of its own",
+                    file=sys.stderr,
+                )
         return 0
     if args.device_command == "list":
         registry = Registry(config.registry_file)
