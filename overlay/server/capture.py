@@ -2,13 +2,14 @@
 
 A :class:`Tap` sits on the router only while a capture runs; the router then
 offers it every packet it forwards (after the policy: what the device really
-sent and got). The tap queues copies up to a bound and counts what it had to
-drop rather than slow the router. The control socket streams the tap as a pcap
-file (``GET /capture?device=ID&count=N&seconds=S``) until the count or the time
-is reached or the reader goes away. The tap is in place before the file header
-is sent, so whoever has the header (a script starting a capture, then traffic)
-misses nothing that follows.
-"""
+sent and got). The tap queues copies up to ``QUEUE_BYTES`` and counts what it
+had to drop rather than slow the router or grow without bound behind a reader
+that stalled (a count bound let 10,000 segments of 64 KiB pile up). The control
+socket streams the tap as a pcap file (``GET
+/capture?device=ID&count=N&seconds=S``) until the count or the time is reached
+or the reader goes away. The tap is in place before the file header is sent, so
+whoever has the header (a script starting a capture, then traffic) misses
+nothing that follows."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import ipaddress
 import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from overlay import pcap
@@ -25,7 +27,9 @@ from overlay.control import Handler
 from overlay.server.leases import LeaseStore
 from overlay.server.router import Router
 
-QUEUE = 10_000
+QUEUE_BYTES = 16 << 20
+
+log = structlog.get_logger("overlay.capture")
 
 
 class Tap:
@@ -33,16 +37,23 @@ class Tap:
 
     def __init__(self, addresses: frozenset[bytes] | None) -> None:
         self.addresses = addresses
-        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE)
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self.size = 0  # bytes queued
         self.dropped = 0
 
     def offer(self, address: bytes, packet: bytes | memoryview) -> None:
         if self.addresses is not None and address not in self.addresses:
             return
-        try:
-            self.queue.put_nowait((time.time(), bytes(packet)))
-        except asyncio.QueueFull:
+        if self.size + len(packet) > QUEUE_BYTES:
             self.dropped += 1
+            return
+        self.size += len(packet)
+        self.queue.put_nowait((time.time(), bytes(packet)))
+
+    async def get(self) -> tuple[float, bytes]:
+        stamp, packet = await self.queue.get()
+        self.size -= len(packet)
+        return stamp, packet
 
 
 def capture_handler(router: Router[Any], store: LeaseStore) -> Handler:
@@ -72,11 +83,12 @@ def capture_handler(router: Router[Any], store: LeaseStore) -> Handler:
                 if timeout is not None and timeout <= 0:
                     break
                 try:
-                    stamp, packet = await asyncio.wait_for(tap.queue.get(), timeout)
+                    stamp, packet = await asyncio.wait_for(tap.get(), timeout)
                 except TimeoutError:
                     break
                 await response.write(pcap.record(stamp, packet))
                 written += 1
+        log.info("capture ended", device=device, packets=written, dropped=tap.dropped)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response

@@ -1,14 +1,16 @@
 """The stateful overlay firewall: a flow table per device address. Pure logic.
 
 Theory of operation. Every IPv4 packet between the server side and a device is
-keyed by (protocol, remote address, remote port, device port), the remote
-being the far end on the server side. A packet of a live flow passes and keeps
-the flow alive; a packet of no flow opens one if the rules allow it in its
+keyed by (protocol, remote address, remote port, device port), the remote being
+the far end on the server side. A packet of a live flow passes and keeps the
+flow alive; a packet of no flow opens one if the rules allow it in its
 direction, or is dropped (``policy``). So replies always pass, and so does
 anything the other side sends within an allowed flow. ICMP echo opens a flow in
 either direction without a rule (ping is an operator's first check); an echo
 reply passes only within one; an ICMP error passes when the packet it quotes
-belongs to a live flow. Non-first fragments pass when their first fragment did.
+belongs to a live flow, and one from a device only when it quotes a packet the
+device itself received (to its own address) and is no redirect or source
+quench. Non-first fragments pass when their first fragment did.
 
 A device address holds at most ``max_flows`` flows (Allied Telesis' limit on
 the sessions of one device): past it new flows are dropped as ``flow-limit``.
@@ -17,9 +19,9 @@ saw FIN or RST, ends sooner. A full table refuses a new flow at once: it is
 swept for ended flows only when one can have ended (the earliest expiry seen at
 the last sweep has passed) and at most once per ``SWEEP_EVERY`` seconds, so a
 device that sends a flood of new flows costs one dictionary lookup per packet,
-not a walk of its table (it cost 42 µs a packet). Like Linux conntrack's default, a TCP packet that
-is not a SYN may open a flow, so connections survive a server restart once the
-side that the rules allow sends again.
+not a walk of its table (it cost 42 µs a packet). Like Linux conntrack's
+default, a TCP packet that is not a SYN may open a flow, so connections survive
+a server restart once the side that the rules allow sends again.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from overlay.server.rules import FROM_DEVICE, PROTOCOL_NAMES, TO_DEVICE, Ruleset
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})  # unreachable, quench, redirect, time exceeded, param
+# What a device may tell the server side: not to slow down (quench, long deprecated) nor to
+# route elsewhere (redirect), only that something it was sent could not be delivered.
+DEVICE_ICMP_ERRORS = frozenset({3, 11, 12})
 TCP_FIN_OR_RST = 0x05
 MORE_FRAGMENTS = 0x20
 FRAGMENT_TIMEOUT = 30.0
@@ -176,6 +181,8 @@ class Firewall:
                 opens = kind == ICMP_ECHO_REQUEST
                 ruled = False
             elif kind in ICMP_ERRORS:
+                if not to_device and kind not in DEVICE_ICMP_ERRORS:
+                    return Drop.POLICY
                 return self._error(table, packet, header + 8, to_device, now)
             else:
                 key = (protocol, remote, kind, 0)
@@ -264,6 +271,8 @@ class Firewall:
         protocol = packet[quoted + 9]
         if len(packet) < inner + 8:
             return Drop.MALFORMED
+        if not to_device and packet[quoted + 16 : quoted + 20] != packet[12:16]:
+            return Drop.POLICY  # a device quotes only what was sent to itself
         # The quoted packet went the other way: towards the remote when the error goes
         # to the device, towards the device when the error comes from it.
         remote = bytes(

@@ -317,3 +317,19 @@ def test_all_addresses_together_hold_at_most_max_total_flows() -> None:
     fw.sweep(tables[0], 100)  # all ended
     assert fw.flows == 5
     assert fw.check(tables[1], to_device(sport=99, dport=161), True, 100) is None
+
+
+def test_a_device_quotes_only_what_it_received_and_sends_no_redirects() -> None:
+    fw, table = firewall(), FlowTable()
+    ntp = from_device(proto=UDP, sport=123, dport=123)
+    assert fw.check(table, ntp, False, 0) is None
+    answer = to_device(SERVER, proto=UDP, sport=123, dport=123)
+    own = from_device(SERVER, proto=ICMP, icmp_type=3, icmp_id=0, payload=answer[:28])
+    assert fw.check(table, own, False, 1) is None  # about a packet it received: passes
+    # "fragmentation needed" about the server talking to another device, same ports
+    elsewhere = ipv4(SERVER, "169.254.1.99", UDP, b"", 123, 123)
+    forged = from_device(SERVER, proto=ICMP, icmp_type=3, icmp_id=0, payload=elsewhere[:28])
+    assert fw.check(table, forged, False, 1) is Drop.POLICY
+    for kind in (4, 5):  # source quench, redirect: never from a device
+        quoted = from_device(SERVER, proto=ICMP, icmp_type=kind, icmp_id=0, payload=answer[:28])
+        assert fw.check(table, quoted, False, 1) is Drop.POLICY
