@@ -28,7 +28,7 @@ from overlay.server.endpoint import Endpoint
 from overlay.server.leases import LeaseStore
 from overlay.server.listener import listen, listen_for_tunnels, tls_context
 from overlay.server.node import Node
-from overlay.server.qoe import MAX_REPORT, Collector, ReportStore
+from overlay.server.qoe import MAX_REPORT, Collector, ReportWriter
 from overlay.server.registry import Registry
 from overlay.server.rulebook import Rulebook
 from overlay.server.sqlite import GroupCommit
@@ -55,11 +55,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
         collector = None
         if config.qoe_port is not None:
-            report_commits = GroupCommit()  # its own: a QoE store that fails fails no lease
-            reports = ReportStore(config.qoe_file, batch=report_commits)
-            stack.callback(reports.close)
-            stack.callback(report_commits.flush)  # before the store closes
-            collector = Collector(reports, lambda address: lease_owner(store, address))
+            reports = ReportWriter(config.qoe_file)  # its own file and thread: see qoe.py
+            await reports.open()
+            stack.push_async_callback(reports.close)
+            collector = Collector(
+                reports, lambda address: lease_owner(store, address), config.qoe_quota
+            )
+            pruning = asyncio.create_task(collector.prune())
+            stack.push_async_callback(cancel, pruning)
             qoe = await listen(
                 asyncio.start_server(
                     collector.handle,

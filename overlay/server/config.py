@@ -16,6 +16,7 @@ from overlay.exceptions import ConfigError
 from overlay.server import rules
 from overlay.server.auth import Credentials, PasswordHash
 from overlay.server.firewall import Limits
+from overlay.server.qoe import Quota
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 
@@ -58,6 +59,7 @@ class ServerConfig:
     state_dir: Path
     log_level: str
     qoe_port: int | None
+    qoe_quota: Quota
     admin: tuple[str, int] | None  # host and port of the admin listener, None when off
     admin_token_file: Path
     admin_names: frozenset[str]  # Host names the admin listener answers to, besides addresses
@@ -159,6 +161,12 @@ def load_server_config(path: str | Path) -> ServerConfig:
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)
         if qoe.flag("enabled", True)
         else None,
+        qoe_quota=Quota(
+            rate=qoe.number("rate", Quota.rate, low=0.001, high=100_000),
+            burst=qoe.number("burst", Quota.burst, low=1, high=1_000_000),
+            retention_days=qoe.number("retention_days", Quota.retention_days, low=0.01, high=36500),
+            max_reports=qoe.integer("max_reports", Quota.max_reports, low=1, high=1_000_000_000),
+        ),
         admin=admin_listen(admin),
         admin_token_file=path_relative(
             root.path, admin.string("token_file", str(state_dir / "admin-token"))

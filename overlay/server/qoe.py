@@ -5,22 +5,29 @@ object per line; the collector answers each line with one JSON line,
 ``{"stored": ID}`` or ``{"error": "…"}``. The device's identity comes from the
 overlay itself: the source address of the connection is a lease, so the report
 is stored with the device id and VRF the server gave that address. A source
-that holds no lease is refused. Reports are kept in SQLite next to the leases,
-in a file of their own with a group commit of its own: the lines of a short
-window share one full-sync commit, off the handshakes' commits, so that a QoE
-store that cannot write never fails a lease. A line is answered ``stored``
-only once committed.
+that holds no lease is refused.
+
+What one device may cost is bounded: a report is at most ``MAX_REPORT`` bytes,
+a device may store ``qoe.rate`` reports a second (``qoe.burst`` at once;
+beyond, ``over-quota``), reports older than ``qoe.retention_days`` and past
+the newest ``qoe.max_reports`` are pruned every ``PRUNE_EVERY`` seconds. The
+reports are kept in their own SQLite file, written by a thread of its own in
+batches (:class:`ReportWriter`): the event loop never waits for their disk, and
+a QoE store that cannot write (a full disk) fails reports, not leases. A line
+is answered ``stored`` only once committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +35,12 @@ from typing import Any
 import structlog
 
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import GroupCommit, connect, connect_readonly
+from overlay.server.budget import TokenBucket
+from overlay.server.sqlite import connect, connect_readonly
 
 MAX_REPORT = 65536
+COMMIT_WINDOW = 0.02  # seconds the first report of a batch waits for others
+PRUNE_EVERY = 3600.0
 MIGRATIONS = [  # a store written before schema versions has version 0 and the table already
     """
 CREATE TABLE IF NOT EXISTS reports (
@@ -75,36 +85,56 @@ class Report:
 
 
 class ReportStore:
-    """QoE reports in SQLite."""
+    """QoE reports in SQLite; a writable store is used by one thread only."""
 
-    def __init__(
-        self, path: Path, readonly: bool = False, batch: GroupCommit | None = None
-    ) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        self.batch = batch  # None: every report is committed at once
         if readonly:
             self._db = connect_readonly(path, "QoE store")
         else:
             self._db = connect(path, "QoE store", MIGRATIONS)
 
-    def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
-        """Store a report; with a group commit it is durable once ``batch.wait()`` returns."""
-        if self.batch is not None:
-            self.batch.begin(self._db)
+    def add_many(self, rows: list[tuple[float, str, str, str, str]]) -> list[int]:
+        """Store (received, device, vrf, address, report JSON) rows in one transaction;
+        return their ids. Raises StoreError, and keeps none of them, when that fails."""
         try:
-            cursor = self._db.execute(
-                "INSERT INTO reports (received, device, vrf, address, report) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":"))),
+            self._db.execute("BEGIN IMMEDIATE")
+            ids = [
+                int(
+                    self._db.execute(
+                        "INSERT INTO reports (received, device, vrf, address, report) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        row,
+                    ).lastrowid
+                    or 0
+                )
+                for row in rows
+            ]
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot store QoE reports in {self.path}: {exc}") from None
+        return ids
+
+    def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
+        """Store one report now."""
+        row = (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":")))
+        return self.add_many([row])[0]
+
+    def prune(self, before: float, keep: int) -> int:
+        """Delete reports received before ``before`` and all but the newest ``keep``."""
+        try:
+            deleted = self._db.execute("DELETE FROM reports WHERE received < ?", (before,))
+            count = deleted.rowcount
+            deleted = self._db.execute(
+                "DELETE FROM reports WHERE id <= (SELECT id FROM reports ORDER BY id DESC "
+                "LIMIT 1 OFFSET ?)",
+                (keep,),
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot store a QoE report in {self.path}: {exc}") from None
-        return int(cursor.lastrowid or 0)
-
-    async def stored(self) -> None:
-        """Return once what was added is committed; raise StoreError if the commit failed."""
-        if self.batch is not None:
-            await self.batch.wait()
+            raise StoreError(f"cannot prune QoE store {self.path}: {exc}") from None
+        return int(count + deleted.rowcount)
 
     def list(self, device: str | None = None, limit: int = 100) -> list[Report]:
         query = "SELECT id, received, device, vrf, address, report FROM reports"
@@ -124,15 +154,91 @@ class ReportStore:
 
 
 Owner = Callable[[ipaddress.IPv4Address], tuple[str, str] | None]
+Row = tuple[float, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one device may store (``[qoe]`` in server.toml)."""
+
+    rate: float = 5.0  # reports a second, sustained
+    burst: float = 100.0  # reports at once
+    retention_days: float = 30.0
+    max_reports: int = 200_000  # all devices together
+
+
+class ReportWriter:
+    """Writes reports in batches from a thread of its own, off the event loop."""
+
+    def __init__(self, path: Path, window: float = COMMIT_WINDOW) -> None:
+        self.path = path
+        self.window = window
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="qoe-store")
+        self._store: ReportStore | None = None
+        self._pending: list[tuple[Row, asyncio.Future[int]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._store = await loop.run_in_executor(self._thread, ReportStore, self.path)
+
+    async def store(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
+        """Store a report; return its id once it is committed (StoreError if it is not)."""
+        loop = asyncio.get_running_loop()
+        stored: asyncio.Future[int] = loop.create_future()
+        row = (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":")))
+        self._pending.append((row, stored))
+        if self._timer is None:
+            self._timer = loop.call_later(self.window, self._flush)
+        return await stored
+
+    def _flush(self) -> None:
+        self._timer = None
+        batch, self._pending = self._pending, []
+        assert self._store is not None
+        writing = asyncio.get_running_loop().run_in_executor(
+            self._thread, self._store.add_many, [row for row, _ in batch]
+        )
+
+        def answer(done: asyncio.Future[list[int]]) -> None:
+            error = done.exception()
+            for index, (_, stored) in enumerate(batch):
+                if stored.done():
+                    continue
+                if error is not None:
+                    stored.set_exception(error)
+                else:
+                    stored.set_result(done.result()[index])
+
+        writing.add_done_callback(answer)
+
+    async def prune(self, quota: Quota) -> int:
+        """Apply the retention; return how many reports went."""
+        assert self._store is not None
+        before = time.time() - quota.retention_days * 86400
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._store.prune, before, quota.max_reports
+        )
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+        store = self._store
+        if store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, store.close)
+        self._thread.shutdown(wait=True)
 
 
 class Collector:
-    """Accepts report connections and stores what they send."""
+    """Accepts report connections and stores what they send, within each device's quota."""
 
-    def __init__(self, store: ReportStore, owner: Owner) -> None:
-        self.store = store
+    def __init__(self, writer: ReportWriter, owner: Owner, quota: Quota = Quota()) -> None:
+        self.writer = writer
         self.owner = owner
+        self.quota = quota
         self.counters: Counter[str] = Counter()
+        self._quotas: dict[tuple[str, str], TokenBucket] = {}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -143,27 +249,53 @@ class Collector:
                 self.counters["unknown-source"] += 1
                 log.warning("qoe report from an address without a lease", source=str(source))
                 return
+            quota = self._quotas.setdefault(
+                owner, TokenBucket(self.quota.rate, self.quota.burst, time.monotonic())
+            )
             device, vrf = owner
             while line := await reader.readline():
-                try:
-                    report = parse_report(line)
-                except ReportError as exc:
-                    self.counters["rejected"] += 1
-                    writer.write(json.dumps({"error": str(exc)}).encode() + b"\n")
-                    continue
-                try:
-                    stored = self.store.add(device, vrf, str(source), report)
-                    await self.store.stored()
-                except StoreError as exc:
-                    self.counters["store-error"] += 1
-                    log.error("cannot store a qoe report", device=device, vrf=vrf, error=str(exc))
-                    writer.write(b'{"error": "the server cannot store reports now"}\n')
-                    await writer.drain()
-                    return
-                self.counters["stored"] += 1
-                writer.write(json.dumps({"stored": stored}).encode() + b"\n")
+                answer = await self._take(line, quota, device, vrf, str(source))
+                writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             self.counters["failed"] += 1
         finally:
             writer.close()
+
+    async def _take(
+        self, line: bytes, quota: TokenBucket, device: str, vrf: str, address: str
+    ) -> dict[str, Any]:
+        """One line: its answer, counted by result."""
+        try:
+            report = parse_report(line)
+        except ReportError as exc:
+            self.counters["rejected"] += 1
+            return {"error": str(exc)}
+        if not quota.spend(1, time.monotonic()):
+            self.counters["over-quota"] += 1
+            return {"error": f"over quota: {self.quota.rate:g} reports a second; try later"}
+        try:
+            stored = await self.writer.store(device, vrf, address, report)
+        except StoreError as exc:
+            self.counters["store-error"] += 1
+            log.error("cannot store a qoe report", device=device, vrf=vrf, error=str(exc))
+            return {"error": "the server cannot store reports now"}
+        self.counters["stored"] += 1
+        return {"stored": stored}
+
+    async def prune(self, every: float = PRUNE_EVERY) -> None:
+        """Apply the retention now and every ``every`` seconds, until cancelled; forget the
+        quotas of devices that have not sent for long (their buckets are full again)."""
+        while True:
+            try:
+                pruned = await self.writer.prune(self.quota)
+            except StoreError as exc:
+                log.error("cannot prune the qoe store", error=str(exc))
+            else:
+                if pruned:
+                    log.info("qoe reports pruned", reports=pruned)
+            now = time.monotonic()
+            for key, bucket in list(self._quotas.items()):
+                if bucket.spend(0, now) and bucket.tokens >= bucket.burst:
+                    del self._quotas[key]
+            await asyncio.sleep(every)
