@@ -55,6 +55,16 @@ class AuthBusy(Exception):
     """Too many credential checks are waiting already."""
 
 
+class _Turn:
+    """A source's lock for its credential checks, and how many hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Endpoint:
     """Serves the tunnel path (``/tun``) of one node."""
 
@@ -67,7 +77,7 @@ class Endpoint:
         self._checks: dict[bytes, asyncio.Future[bool]] = {}
         self._scrypt = ThreadPoolExecutor(SCRYPT_THREADS, thread_name_prefix="scrypt")
         self._waiting = 0  # checks waiting for or running in the pool
-        self._turns: dict[str, asyncio.Lock] = {}  # one check at a time per source
+        self._turns: dict[str, _Turn] = {}  # one check at a time per source
         self._takeovers: dict[tuple[str, str], TokenBucket] = {}
         self._logged: dict[str, tuple[float, int]] = {}  # by reason: last line, refusals since
 
@@ -162,13 +172,15 @@ class Endpoint:
     @contextlib.asynccontextmanager
     async def _turn(self, source: str) -> AsyncIterator[None]:
         """One credential check at a time for ``source``."""
-        lock = self._turns.setdefault(source, asyncio.Lock())
+        turn = self._turns.setdefault(source, _Turn())
+        turn.users += 1
         try:
-            async with lock:
+            async with turn.lock:
                 yield
         finally:
-            if not lock.locked() and self._turns.get(source) is lock:
-                del self._turns[source]  # a later waiter makes a new one: still one at a time
+            turn.users -= 1
+            if not turn.users:  # nobody holds it or waits for it: forget the source
+                del self._turns[source]
 
     def _accepted_before(self, request: web.Request) -> bool:
         """Whether the request carries credentials this server accepted before."""
