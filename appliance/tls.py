@@ -45,7 +45,7 @@ def client_tls(vrf: VrfConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(
         cafile=str(vrf.ca_file) if vrf.ca_file is not None else None
     )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    identity.harden(context)
     if vrf.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

@@ -1,5 +1,6 @@
-"""Certificates as TLS uses them, with the standard library only: loading a chain, the
-names of a verified peer, and public-key pins.
+"""TLS as both ends use it, with the standard library only: the protocol versions and
+suites they allow, loading a certificate chain, the names of a verified peer, and
+public-key pins.
 
 The device agent needs exactly this and no certificate-making library (trustme,
 cryptography: 15-19 MB of a small gateway's memory); making certificates is
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from overlay.exceptions import ConfigError
+
+# TLS 1.2 with forward secrecy and AEAD only (TLS 1.3's suites all are): no CBC suites
+# (LUCKY13), no RSA key exchange, no DHE.
+TLS12_SUITES = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 _SEQUENCE = 0x30
 _EXPLICIT_VERSION = 0xA0  # [0] EXPLICIT Version, absent in v1 certificates
@@ -97,6 +102,13 @@ def certificate_names(peercert: dict[str, Any] | None) -> set[str]:
     }
     names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
     return names
+
+
+def harden(context: ssl.SSLContext) -> None:
+    """TLS 1.2 or newer, ECDHE with AEAD suites only, no compression."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_SUITES)
+    context.options |= ssl.OP_NO_COMPRESSION
 
 
 def load_cert_chain(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:

@@ -3,12 +3,14 @@
 A tunnel request goes through, in order: the rate limit (429, unless the
 request carries credentials this server accepted before: someone else's
 guesses from behind the same NAT do not lock a device out), the header checks
-of :mod:`overlay.server.handshake` (400/426/401), the enrolment (403), the
-client certificate and the credentials (401), the VRF limit (403), the takeover
-limit (429), the enrolment and lease (503 when the pool is exhausted or the
-store fails). Only then is the WebSocket upgraded, an older session of the
-same (device, VRF) closed with 4001, and the hello sent. Every refusal is
-counted by reason and logged once.
+of :mod:`overlay.server.handshake` (400/426/401), the credentials and the
+client certificate (one and the same 401 for a wrong password, an unknown id
+and a missing certificate, after the same scrypt check: no oracle for which ids
+are enrolled), the enrolment (403, only after valid credentials), the VRF limit
+(403), the takeover limit (429), the enrolment and lease (503 when the pool is
+exhausted or the store fails). Only then is the WebSocket upgraded, an older
+session of the same (device, VRF) closed with 4001, and the hello sent. Every
+refusal is counted by reason and logged once.
 
 Credentials are checked by scrypt in a pool of ``SCRYPT_THREADS`` threads with
 at most ``SCRYPT_WAITING`` checks waiting (beyond: 503, ``auth-busy``), one
@@ -34,7 +36,7 @@ from overlay import bridge, identity, wire
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
 from overlay.exceptions import PoolExhaustedError, StoreError
-from overlay.server.auth import Checker, Credentials, PasswordHash
+from overlay.server.auth import Checker, Credentials, PasswordHash, hash_password
 from overlay.server.budget import TokenBucket
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.node import Node
@@ -49,6 +51,8 @@ SCRYPT_WAITING = 64  # checks that may wait for a thread; more are refused (auth
 # takes its tunnel over once; two that claim one id would take it from each other forever.
 TAKEOVER_RATE, TAKEOVER_BURST = 1 / 60, 3
 LOG_EVERY = 1.0  # seconds between two log lines of one kind of refusal
+# Every credential refusal says the same, whatever was wrong (the counters say what was).
+BAD_CREDENTIALS = "bad username, password or client certificate"
 
 
 class AuthBusy(Exception):
@@ -75,6 +79,8 @@ class Endpoint:
         self.checker = Checker()
         self.limiter = FailureLimiter(config.max_failures, config.failure_window, config.lockout)
         self._checks: dict[bytes, asyncio.Future[bool]] = {}
+        # what an id that has no credentials is checked against: a password nobody knows
+        self._nobody = Credentials("", PasswordHash.parse(hash_password(secrets.token_hex(16))))
         self._scrypt = ThreadPoolExecutor(SCRYPT_THREADS, thread_name_prefix="scrypt")
         self._waiting = 0  # checks waiting for or running in the pool
         self._turns: dict[str, _Turn] = {}  # one check at a time per source
@@ -213,26 +219,13 @@ class Endpoint:
         if isinstance(checked, Refusal):
             return self._refuse(request, checked, request.headers.get(wire.HEADER_DEVICE, ""))
         enrollment = node.registry.get(checked.device)
-        if enrollment is None and not self.config.auto_enroll:
-            self._failed(source, now)  # scanning for device ids counts like guessing
-            return self._refuse(
-                request, Refusal(403, "not-enrolled", "device not enrolled"), checked.device
-            )
-        if enrollment is not None and enrollment.client_cert:
-            transport = request.transport
-            peercert = transport.get_extra_info("peercert") if transport is not None else None
-            names = identity.certificate_names(peercert)
-            if checked.device not in names:
-                self._failed(source, now)
-                return self._refuse(
-                    request,
-                    Refusal(401, "client-certificate", "no client certificate naming the device"),
-                    checked.device,
-                )
-        expected = self.expected(enrollment)
+        # No oracle: whether the id is enrolled, and whether it needs a certificate, shows
+        # only after valid credentials; until then every refusal is the same 401, after
+        # the same scrypt (against a password nobody has, when there is nothing to check).
+        expected = self.expected(enrollment) or self._nobody
         self.limiter.checking(source)
         try:
-            accepted = expected is not None and await self._authenticate(expected, checked, source)
+            accepted = await self._authenticate(expected, checked, source)
         except AuthBusy:
             return self._refuse(
                 request,
@@ -242,10 +235,19 @@ class Endpoint:
             )
         finally:
             self.limiter.checked(source)
+        reason = "bad-credentials"
+        if accepted and enrollment is not None and enrollment.client_cert:
+            transport = request.transport
+            peercert = transport.get_extra_info("peercert") if transport is not None else None
+            if checked.device not in identity.certificate_names(peercert):
+                accepted, reason = False, "client-certificate"
         if not accepted:
             self._failed(source, now)
+            return self._refuse(request, Refusal(401, reason, BAD_CREDENTIALS), checked.device)
+        if enrollment is None and not self.config.auto_enroll:
+            self._failed(source, now)  # scanning for device ids counts like guessing
             return self._refuse(
-                request, Refusal(401, "bad-credentials", "bad username or password"), checked.device
+                request, Refusal(403, "not-enrolled", "device not enrolled"), checked.device
             )
         cap = self.config.max_vrfs if enrollment is None else enrollment.max_vrfs
         cap = self.config.max_vrfs if cap is None else cap

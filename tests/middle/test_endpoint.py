@@ -96,7 +96,7 @@ async def test_refusals_come_in_the_documented_order_and_are_counted(served: Ser
     assert await status_of(served, headers("stranger")) == 403  # not enrolled (counts)
     assert await status_of(served, headers(password="wrong-password")) == 401
     assert await status_of(served, headers(password="wrong-password")) == 401
-    assert await status_of(served, headers()) == 429  # max_failures = 3: locked out
+    assert await status_of(served, headers(password="another")) == 429  # max_failures = 3
     refusals = served.node.refusals
     assert dict(refusals) == {
         "version": 1,
@@ -287,3 +287,36 @@ async def test_takeovers_of_one_tunnel_are_limited(served: Served) -> None:
         assert served.node.refusals["takeover-limit"] == 1
         for ws in open_:
             await ws.close()
+
+
+async def test_no_refusal_tells_a_stranger_whether_a_device_is_enrolled(served: Served) -> None:
+    """Before valid credentials, an unknown id, a wrong password and a missing client
+    certificate are the same 401 with the same body; 403 only after valid credentials."""
+    served.node.registry.add("dev1", None)
+    served.node.registry.add("dev2", None, client_cert=True)
+    served.node.commits.flush()
+
+    async def answer(device: str, password: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                served.url.replace("wss://", "https://"),
+                headers={
+                    **headers(device, password),
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Protocol": wire.SUBPROTOCOL,
+                },
+                ssl=served.trust,
+                server_hostname="overlay.test",
+            ) as response,
+        ):
+            return response.status, await response.text()
+
+    unknown = await answer("stranger", "wrong-password")
+    assert unknown == await answer("dev1", "wrong-password")
+    assert unknown[0] == 401
+    assert await answer("dev2", PASSWORD) == unknown  # no client certificate: the same 401
+    assert (await answer("stranger", PASSWORD))[0] == 403  # valid credentials, unknown id

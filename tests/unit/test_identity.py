@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ssl
 
 import pytest
 import trustme
@@ -45,3 +46,12 @@ def test_a_truncated_certificate_is_refused() -> None:
     for cut in (1, 10, 100, len(der) // 2):
         with pytest.raises(identity.CertificateFormatError):
             identity.spki(der[:cut])
+
+
+def test_both_ends_offer_tls12_only_with_ecdhe_and_aead() -> None:
+    context = ssl.create_default_context()
+    identity.harden(context)
+    tls12 = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12
+    assert all(c["kea"] == "kx-ecdhe" and c["aead"] for c in tls12), tls12
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
