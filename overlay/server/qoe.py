@@ -117,11 +117,6 @@ class ReportStore:
             raise StoreError(f"cannot store QoE reports in {self.path}: {exc}") from None
         return ids
 
-    def add(self, device: str, vrf: str, address: str, report: dict[str, Any]) -> int:
-        """Store one report now."""
-        row = (time.time(), device, vrf, address, json.dumps(report, separators=(",", ":")))
-        return self.add_many([row])[0]
-
     def prune(self, before: float, keep: int) -> int:
         """Delete reports received before ``before`` and all but the newest ``keep``."""
         try:

@@ -37,9 +37,13 @@ def test_any_line_parses_or_raises_report_error(line):
 
 def test_store_lists_by_device_newest_last(tmp_path):
     store = ReportStore(tmp_path / "qoe.sqlite")
-    store.add("SN-1", "main-vrf", "169.254.1.1", {"n": 1})
-    store.add("SN-2", "main-vrf", "169.254.1.2", {"n": 2})
-    store.add("SN-1", "main-vrf", "169.254.1.1", {"n": 3})
+    store.add_many(
+        [
+            (1.0, "SN-1", "main-vrf", "169.254.1.1", '{"n":1}'),
+            (2.0, "SN-2", "main-vrf", "169.254.1.2", '{"n":2}'),
+            (3.0, "SN-1", "main-vrf", "169.254.1.1", '{"n":3}'),
+        ]
+    )
     assert [r.report["n"] for r in store.list()] == [1, 2, 3]
     assert [r.report["n"] for r in store.list(device="SN-1")] == [1, 3]
     assert [r.report["n"] for r in store.list(limit=1)] == [3]
