@@ -54,9 +54,10 @@ def server_config(
     auth: str = "",
     auto_enroll: bool = True,
     overlay: str = "",
+    listen: str = "",
 ) -> Path:
     """A server.toml in ``directory`` whose state lives in ``directory/state``;
-    ``overlay`` adds lines to its [overlay] table (``"mtu = 9000"``)."""
+    ``overlay`` and ``listen`` add lines to those tables (``"mtu = 9000"``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "server.toml"
     path.write_text(f"""\
@@ -65,6 +66,7 @@ host = "{host}"
 port = {port}
 cert_file = "{pki_dir / certs.CERT_FILE}"
 key_file = "{pki_dir / certs.KEY_FILE}"
+{listen}
 
 [overlay]
 ping_interval = {ping_interval}

@@ -91,6 +91,24 @@ class FlowStatus(Flow):
     address: str
 
 
+class CertificateStatus(TypedDict):
+    """The server's certificate in use, and its reloads (times in seconds since the epoch)."""
+
+    file: str
+    subject: str
+    names: list[str]
+    serial: str
+    not_after: float
+    expires_in: float
+    loaded: float
+    reloads: int
+    failed_reloads: int
+    last_error: str | None
+    crl_file: str | None
+    crl_next_update: float | None
+    revoked: int | None
+
+
 class ServerStatus(TypedDict):
     server: NodeStatus
     sessions: list[SessionStatus]
@@ -100,6 +118,7 @@ class ServerStatus(TypedDict):
     totals: Traffic
     qoe: dict[str, int] | None
     firewall: FirewallStatus
+    certificate: CertificateStatus | None
     flows: NotRequired[list[FlowStatus]]  # only in one device's view (overlay status DEVICE)
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from overlay import certs
-from overlay.server.listener import tls_context
+from overlay.server.certificate import tls_context
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,5 +33,6 @@ def server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         cert_file=tmp_path / certs.CERT_FILE,
         key_file=tmp_path / certs.KEY_FILE,
         client_ca_file=None,
+        client_crl_file=None,
     )
     return tls_context(config), ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)

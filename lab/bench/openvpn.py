@@ -9,6 +9,7 @@ from typing import Any
 
 from lab import deploy, netns
 from lab.bench.measure import DEV, SERVER_IP, SRV, measure
+from overlay import certs
 
 OPENVPN_NET = "198.19.250"  # the OpenVPN tunnel's own subnet, inside the bench namespaces
 
@@ -19,7 +20,7 @@ local {server}
 port 1194
 topology subnet
 server {net}.0 255.255.255.0
-ca {pki}/ca.pem
+ca {pki}/trust.pem
 cert {pki}/server.pem
 key {pki}/server.key
 dh none
@@ -37,7 +38,7 @@ dev-type tun
 proto tcp-client
 remote {server} 1194
 nobind
-ca {pki}/ca.pem
+ca {pki}/trust.pem
 cert {pki}/client.pem
 key {pki}/client.key
 data-ciphers AES-256-GCM
@@ -48,16 +49,13 @@ verb 1
 
 
 def openvpn_path(work: Path, seconds: float, pings: int) -> dict[str, Any]:
-    import trustme  # the OpenVPN peers' certificates, as for the overlay
-
     vpn = work / "openvpn"
-    vpn.mkdir()
-    authority = trustme.CA()
-    authority.cert_pem.write_to_path(str(vpn / "ca.pem"))
-    for role, name in (("server", SERVER_IP), ("client", "bench-client")):
-        issued = authority.issue_cert(name, common_name=role)
-        issued.cert_chain_pems[0].write_to_path(str(vpn / f"{role}.pem"))
-        issued.private_key_pem.write_to_path(str(vpn / f"{role}.key"))
+    # The OpenVPN peers' certificates, made as the overlay's are; each side trusts both CAs
+    certs.init(vpn, [SERVER_IP])
+    certs.issue_clients(vpn, ["client"])
+    (vpn / "trust.pem").write_bytes(
+        (vpn / certs.CA_FILE).read_bytes() + (vpn / certs.CLIENT_CA_FILE).read_bytes()
+    )
     (vpn / "server.conf").write_text(
         OPENVPN_SERVER.format(server=SERVER_IP, net=OPENVPN_NET, pki=vpn)
     )

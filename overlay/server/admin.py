@@ -3,6 +3,7 @@
     GET  /api/v1/status                  sessions, leases, counters (as ``overlay status --json``)
     POST /api/v1/devices/{id}/unbind     close its tunnels (4003), release its leases
     POST /api/v1/devices/{id}/remove     the same, and un-enroll it
+    POST /api/v1/reload                  reload the certificate, key and CRL (as SIGHUP)
     GET  /metrics                        Prometheus text format (no token unless configured)
     GET  /openapi.json                   this API, described
     GET  /#token=TOKEN                   the status page (refreshes itself every 2 s)
@@ -32,7 +33,7 @@ from aiohttp import web
 
 from overlay import certs
 from overlay.server import metrics
-from overlay.status import ServerStatus
+from overlay.status import CertificateStatus, ServerStatus
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,6 +95,20 @@ OPENAPI: dict[str, Any] = {
                 ),
             )
         },
+        "/api/v1/reload": {
+            "post": {
+                "summary": "Reload the certificate, its key and the device CRL (as SIGHUP); "
+                "tunnels stay up, new handshakes use what was loaded",
+                "responses": {
+                    "200": {"description": "the certificate now in use"},
+                    "401": {"description": "missing or wrong token"},
+                    "422": {
+                        "description": "the files were refused (`last_error` says why); "
+                        "the certificate in use stays"
+                    },
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -133,6 +148,7 @@ def application(
     metrics_need_token: bool,
     refusals: Counter[str],
     names: frozenset[str] = frozenset(),
+    reload: Callable[[], CertificateStatus] | None = None,
 ) -> web.Application:
     expected = f"Bearer {token}".encode()
 
@@ -169,6 +185,14 @@ def application(
         action = actions[request.match_info["action"]]
         return web.json_response(await action(request.match_info["device"]))
 
+    async def post_reload(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refuse()
+        if reload is None:
+            raise web.HTTPNotFound(text="this server has nothing to reload")
+        result = reload()
+        return web.json_response(result, status=422 if result["last_error"] else 200)
+
     async def get_metrics(request: web.Request) -> web.Response:
         if metrics_need_token and not authorized(request):
             return refuse()
@@ -185,6 +209,7 @@ def application(
     app = web.Application(middlewares=[host_named])
     app.router.add_get("/api/v1/status", get_status)
     app.router.add_post("/api/v1/devices/{device}/{action:unbind|remove}", post_device)
+    app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/openapi.json", get_openapi)
     app.router.add_get("/", get_page)

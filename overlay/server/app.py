@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
+import signal
 
 import structlog
 from aiohttp import web
@@ -23,10 +24,11 @@ from overlay.exceptions import ConfigError
 from overlay.process import spare_full_collections
 from overlay.server import admin
 from overlay.server.capture import capture_handler
+from overlay.server.certificate import ServerCertificate, day
 from overlay.server.config import ServerConfig
 from overlay.server.endpoint import Endpoint
 from overlay.server.leases import LeaseStore
-from overlay.server.listener import listen, listen_for_tunnels, tls_context
+from overlay.server.listener import listen, listen_for_tunnels
 from overlay.server.node import Node
 from overlay.server.qoe import MAX_REPORT, Collector, ReportWriter
 from overlay.server.registry import Registry
@@ -40,7 +42,8 @@ log = structlog.get_logger("overlay.server")
 async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     """Run the server until ``stop`` is set, then close every session with 1001."""
     spare_full_collections()
-    context = tls_context(config)
+    certificate = ServerCertificate(config)  # refuses an expired or mismatched one first
+    context = certificate.context
     await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     rulebook = Rulebook(config.firewall, config.rules_file)
@@ -78,7 +81,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         registry = Registry(config.registry_file, commits)
         stack.callback(registry.close)
         stack.callback(commits.flush)  # before the stores close
-        node = Node(config, store, registry, commits, tun, collector, rulebook)
+        node = Node(config, store, registry, commits, tun, collector, rulebook, certificate.status)
         # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
         endpoint = Endpoint(node)
         stack.callback(endpoint.close)
@@ -106,6 +109,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
                 config.metrics_need_token,
                 node.refusals,
                 config.admin_names,
+                certificate.reload,
             )
             admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
             await admin_runner.setup()
@@ -117,7 +121,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             node.status,
             {"unbind": node.unbind, "remove": node.remove},
             {"capture": capture_handler(node.router, store)},
-            {"rules": node.change_rules, "flows": node.flows},
+            {
+                "rules": node.change_rules,
+                "flows": node.flows,
+                "reload": lambda _: dict(certificate.reload()),
+            },
         )
         stack.push_async_callback(control_runner.cleanup)
         router = asyncio.create_task(node.router.run())
@@ -126,6 +134,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(cancel, sweeper)
         forgetting = asyncio.create_task(endpoint.forget())
         stack.push_async_callback(cancel, forgetting)
+        watching = asyncio.create_task(certificate.watch())
+        stack.push_async_callback(cancel, watching)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, certificate.reload)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
 
         log.info(
             "server listening",
@@ -135,6 +148,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             tun=tun.name,
             leases=len(store),
             qoe=config.qoe_port,
+            certificate=certificate.current.serial,
+            certificate_expires=day(certificate.current.not_after),
             rules=len(rulebook.ruleset.rules),
             rules_from=str(config.rules_file) if rulebook.changed else "config",
         )

@@ -4,7 +4,9 @@ overlay serve --config server.toml     run the server
 overlay status --config server.toml    sessions, leases and counters of the running server
 overlay rule list|add|delete|move|renumber|reset|profiles --config server.toml
                                        the firewall rules, changed at run time
-overlay certs init DIR --name NAME…    development certificates (trustme)
+overlay reload --config server.toml    reload the certificate, key and CRL (as SIGHUP)
+overlay certs init|renew|client|revoke|pin
+                                       a private PKI: CA, server and device certificates
 overlay hash-password                  hash a tunnel password for server.toml
 overlay example-config                 print a commented server.toml
 """
@@ -27,6 +29,7 @@ import aiohttp
 from overlay import certs, control, identity, log, process, wire
 from overlay.exceptions import CommandError, ControlError, OverlayError
 from overlay.server import auth, snmp
+from overlay.server.certificate import day
 from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
 from overlay.server.leases import LeaseStore, read_leases
 from overlay.server.qoe import ReportStore
@@ -51,28 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.add_argument("device", nargs="?", help="only this device: its sessions and leases")
 
-    certs_parser = commands.add_parser("certs", help="development certificates")
-    certs_commands = certs_parser.add_subparsers(
-        dest="certs_command", required=True, metavar="ACTION"
+    reload = commands.add_parser(
+        "reload", help="reload the certificate, key and CRL of the running server (as SIGHUP)"
     )
-    init = certs_commands.add_parser("init", help="make a CA and a server certificate in DIR")
-    init.add_argument("directory", type=Path, metavar="DIR")
-    init.add_argument(
-        "--name",
-        action="append",
-        required=True,
-        dest="names",
-        help="DNS name or IP address of the server (repeat for several)",
-    )
-    client = certs_commands.add_parser(
-        "client", help="device certificates for mutual TLS, from a client CA kept in DIR"
-    )
-    client.add_argument("directory", type=Path, metavar="DIR")
-    client.add_argument("devices", nargs="+", metavar="ID", help="device ids to issue for")
-    pin = certs_commands.add_parser(
-        "pin", help="print the public-key pin of a certificate (for server.pin_sha256)"
-    )
-    pin.add_argument("file", type=Path, metavar="PEM")
+    reload.add_argument("--config", required=True, type=Path, help="server.toml")
+    reload.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_certs_parser(commands)
 
     device = commands.add_parser("device", help="the device registry: add, list, remove, unbind")
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
@@ -171,16 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_server_config(args.config)
             return list_qoe(config.qoe_file, args.device, args.limit, args.json)
         if args.command == "certs":
-            if args.certs_command == "pin":
-                print(identity.pin_of_file(args.file))
-                return 0
-            if args.certs_command == "client":
-                written = certs.issue_clients(args.directory, args.devices)
-            else:
-                written = certs.init(args.directory, args.names)
-            for path in written:
-                print(path)
-            return 0
+            return run_certs(args)
+        if args.command == "reload":
+            return reload(load_server_config(args.config), args.json)
         if args.command == "hash-password":
             return hash_password()
         if args.command == "example-config":
@@ -191,6 +171,88 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def add_certs_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "certs", help="a private PKI: CA, server and device certificates, renewal, revocation"
+    )
+    actions = parser.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    days = {
+        "type": int,
+        "default": certs.MAX_DAYS,
+        "help": f"validity in days (at most and by default {certs.MAX_DAYS})",
+    }
+    init = actions.add_parser(
+        "init", help="make a CA (unless DIR has one) and a server certificate in DIR"
+    )
+    init.add_argument("directory", type=Path, metavar="DIR")
+    init.add_argument(
+        "--name",
+        action="append",
+        required=True,
+        dest="names",
+        help="DNS name or IP address of the server (repeat for several)",
+    )
+    init.add_argument("--days", **days)
+    renew = actions.add_parser(
+        "renew", help="a new server certificate with the same names, from the CA in DIR"
+    )
+    renew.add_argument("directory", type=Path, metavar="DIR")
+    renew.add_argument("--days", **days)
+    renew.add_argument(
+        "--new-key", action="store_true", help="with a new key (devices' pins must follow)"
+    )
+    client = actions.add_parser(
+        "client", help="device certificates for mutual TLS, from a client CA kept in DIR"
+    )
+    client.add_argument("directory", type=Path, metavar="DIR")
+    client.add_argument("devices", nargs="+", metavar="ID", help="device ids to issue for")
+    client.add_argument("--days", **days)
+    revoke = actions.add_parser(
+        "revoke", help="revoke device certificates (DIR/ID.pem) in the client CA's CRL"
+    )
+    revoke.add_argument("directory", type=Path, metavar="DIR")
+    revoke.add_argument(
+        "devices", nargs="*", metavar="ID", help="device ids (none: only refresh the CRL)"
+    )
+    pin = actions.add_parser(
+        "pin", help="print the public-key pin of a certificate (for server.pin_sha256)"
+    )
+    pin.add_argument("file", type=Path, metavar="PEM")
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    if args.certs_command == "pin":
+        print(identity.pin_of_file(args.file))
+        return 0
+    if args.certs_command == "client":
+        written = certs.issue_clients(args.directory, args.devices, args.days)
+    elif args.certs_command == "renew":
+        written = certs.renew(args.directory, args.days, args.new_key)
+    elif args.certs_command == "revoke":
+        written = [certs.revoke(args.directory, args.devices)]
+    else:
+        written = certs.init(args.directory, args.names, args.days)
+    for path in written:
+        print(path)
+    if args.certs_command in ("renew", "revoke"):
+        print("now reload the server: overlay reload --config server.toml (or SIGHUP)")
+    return 0
+
+
+def reload(config: ServerConfig, as_json: bool) -> int:
+    result = asyncio.run(control.command(config.control_socket, "reload", {}))
+    if as_json:
+        print(json.dumps(result, indent=2))
+    if result.get("last_error"):
+        return process.fail(f"reload refused, the certificate in use stays: {result['last_error']}")
+    if not as_json:
+        print(
+            f"reloaded: serial {result['serial']}, valid until {day(result['not_after'])} "
+            f"for {', '.join(result['names'])}"
+        )
+    return 0
 
 
 def add_rule_parser(commands: Any) -> None:

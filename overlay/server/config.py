@@ -35,6 +35,7 @@ class ServerConfig:
     path: str
     cert_file: Path
     key_file: Path
+    names: tuple[str, ...]  # names devices reach the server by: the certificate must cover each
     handshake_timeout: float
     max_pending: int
     tun_name: str
@@ -51,6 +52,7 @@ class ServerConfig:
     shared: Credentials | None  # the shared OVOC-style credential, if any
     auto_enroll: bool
     client_ca_file: Path | None  # CA of device certificates (mutual TLS); None: not asked for
+    client_crl_file: Path | None  # the devices that CA revoked, reloaded with the certificate
     allow_weak_password: bool
     max_failures: int
     failure_window: float
@@ -131,6 +133,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         path=url_path,
         cert_file=listen.file("cert_file"),
         key_file=listen.file("key_file"),
+        names=tuple(listen.strings("names", [])),
         handshake_timeout=listen.number("handshake_timeout", 10.0, low=0.1, high=300),
         max_pending=listen.integer("max_pending", 1000, low=1, high=1_000_000),
         tun_name=overlay.string("tun_name", "ovl0"),
@@ -151,6 +154,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         shared=shared,
         auto_enroll=auth.flag("auto_enroll", False),
         client_ca_file=auth.optional_file("client_ca_file"),
+        client_crl_file=auth.optional_file("client_crl_file"),
         allow_weak_password=auth.flag("allow_weak_password", False),
         max_failures=auth.integer("max_failures", 10, low=1, high=10000),
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
@@ -175,6 +179,8 @@ def load_server_config(path: str | Path) -> ServerConfig:
         admin_names=frozenset(name.lower() for name in admin.strings("names", [])),
         firewall=firewall_config(firewall),
     )
+    if config.client_crl_file is not None and config.client_ca_file is None:
+        auth.fail("client_crl_file", "a CRL needs auth.client_ca_file, the CA that issued it")
     if config.offload:
         configfile.offload_room(overlay, "max_message", config.max_message)
         configfile.offload_room(overlay, "queue_bytes", config.queue_bytes)

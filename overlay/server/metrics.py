@@ -91,6 +91,21 @@ class StatusCollector(Collector):
         for result, count in sorted((data["qoe"] or {}).items()):
             qoe.add_metric([result], count)
         yield qoe
+        certificate = data["certificate"]
+        if certificate is not None:
+            yield GaugeMetricFamily(
+                "overlay_certificate_expiry_seconds",
+                "Seconds until the server's certificate in use expires (warned under 30 days).",
+                value=certificate["expires_in"],
+            )
+            reloads = CounterMetricFamily(
+                "overlay_certificate_reloads",
+                "Certificate reloads (SIGHUP, overlay reload, the admin API) by result.",
+                labels=["result"],
+            )
+            reloads.add_metric(["ok"], certificate["reloads"])
+            reloads.add_metric(["refused"], certificate["failed_reloads"])
+            yield reloads
 
 
 def exposition(status: Callable[[], ServerStatus]) -> bytes:

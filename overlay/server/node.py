@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -27,7 +28,7 @@ from overlay.server.router import Router
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.server.sqlite import GroupCommit
-from overlay.status import FlowStatus, ServerStatus, SessionStatus
+from overlay.status import CertificateStatus, FlowStatus, ServerStatus, SessionStatus
 from overlay.tun import TunDevice
 
 log = structlog.get_logger("overlay.server")
@@ -45,6 +46,7 @@ class Node:
         tun: TunDevice,
         collector: Collector | None,
         rulebook: Rulebook,
+        certificate: Callable[[], CertificateStatus] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -53,6 +55,7 @@ class Node:
         self.tun = tun
         self.collector = collector
         self.rulebook = rulebook
+        self.certificate = certificate  # the certificate's status, for status and metrics
         self.firewall = Firewall(rulebook.ruleset, config.firewall.limits)
         self.router: Router[ServerSession] = Router(
             tun, Policy(), self.firewall, batch_bytes=config.max_message
@@ -117,6 +120,7 @@ class Node:
                 "hits": [(r.number, r.action, r.hits) for r in self.rulebook.ruleset.rules],
                 "max_flows": config.firewall.limits.max_flows,
             },
+            "certificate": self.certificate() if self.certificate else None,
         }
 
     def change_rules(self, command: dict[str, Any]) -> dict[str, Any]:

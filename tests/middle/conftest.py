@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from overlay.server.registry import Registry
 from overlay.server.router import TURN_PACKETS
 from overlay.server.rulebook import Rulebook
 from overlay.server.sqlite import GroupCommit
+from overlay.status import CertificateStatus
 from tests.faketun import FakeTun
 
 PASSWORD = "middle-floor-pass"
@@ -122,7 +123,11 @@ async def node(tmp_path: Path, tun: FakeTun) -> AsyncIterator[Node]:
     made.registry.close()
 
 
-async def make_node(config: ServerConfig, tun: FakeTun) -> Node:
+async def make_node(
+    config: ServerConfig,
+    tun: FakeTun,
+    certificate: Callable[[], CertificateStatus] | None = None,
+) -> Node:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     commits = GroupCommit()
     return Node(
@@ -133,4 +138,5 @@ async def make_node(config: ServerConfig, tun: FakeTun) -> Node:
         tun,
         None,
         Rulebook(config.firewall, config.rules_file),
+        certificate,
     )

@@ -15,9 +15,10 @@ import pytest
 from aiohttp import web
 
 from overlay import certs, wire
+from overlay.server.certificate import tls_context
 from overlay.server.config import load_server_config
 from overlay.server.endpoint import Endpoint
-from overlay.server.listener import listen_for_tunnels, tls_context
+from overlay.server.listener import listen_for_tunnels
 from overlay.server.node import Node
 from tests.faketun import FakeTun
 from tests.middle.conftest import PASSWORD, make_node, write_config
