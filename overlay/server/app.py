@@ -136,9 +136,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(cancel, forgetting)
         watching = asyncio.create_task(certificate.watch())
         stack.push_async_callback(cancel, watching)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, certificate.reload)
-        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, certificate.reload)
 
         log.info(
             "server listening",
