@@ -67,6 +67,8 @@ class FirewallStatus(TypedDict):
     unmatched: int
     hits: list[tuple[int, str, int]]  # (rule number, action, new flows it decided)
     max_flows: int
+    sip: dict[str, int]  # SIP messages read on flows of rules with a SIP option, by effect
+    sip_held: int  # flows a SIP registration holds open now
 
 
 class Flow(TypedDict):
@@ -81,7 +83,9 @@ class Flow(TypedDict):
     rule: int | None
     packets: int
     since: float
+    idle: float  # seconds since its last packet
     expires_in: float
+    sip_held: bool  # a SIP registration made through it keeps it open
 
 
 class FlowStatus(Flow):

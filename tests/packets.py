@@ -18,6 +18,7 @@ def ipv4(
     icmp_id: int = 1,
     ident: int = 0,
     fragment: int = 0,
+    seq: int = 0,
 ) -> bytes:
     """An IPv4 packet; for UDP/TCP/ICMP a transport header is put before ``payload``.
 
@@ -27,7 +28,8 @@ def ipv4(
         body = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     elif proto == 6:
         body = (
-            struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, tcp_flags, 65535, 0, 0) + payload
+            struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, tcp_flags, 65535, 0, 0)
+            + payload
         )
     elif proto == 1:
         body = struct.pack("!BBHHH", icmp_type, 0, 0, icmp_id, 1) + payload

@@ -36,6 +36,7 @@ from overlay.server.qoe import ReportStore
 from overlay.server.registry import Registry
 from overlay.server.rulebook import Rulebook
 from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
+from overlay.server.sip import MODES as SIP_MODES
 from overlay.status import FlowStatus, ServerStatus, server_status
 from overlay.text import counts, duration
 
@@ -283,6 +284,12 @@ def add_rule_parser(commands: Any) -> None:
         metavar="CIDR",
         help="only to this service range (from-device flows; repeatable)",
     )
+    add.add_argument(
+        "--sip",
+        choices=SIP_MODES,
+        help="read SIP registrations on the flows it allows (from-device udp/tcp): "
+        "they stay open while registered, for calls from the registrar (or any proxy)",
+    )
     add.add_argument("--comment", help="a note for the next operator")
     delete = actions.add_parser("delete", help="delete rule NUMBER")
     delete.add_argument("number", type=int)
@@ -339,6 +346,8 @@ def format_rules(result: dict[str, Any]) -> str:
         for key, word in (("sources", "from"), ("destinations", "to")):
             if key in r:
                 match += f" {word} {','.join(r[key])}"
+        if "sip" in r:
+            match += f" sip {r['sip']}"
         lines.append(
             f"{r['number']:>6}  {r['action']:<6} {match:<40} {r['hits']:>8}  "
             f"{r.get('comment', '')}".rstrip()
@@ -523,6 +532,13 @@ async def capture(
     return 0
 
 
+async def snmp_status(socket: Path) -> tuple[ServerStatus, list[FlowStatus]]:
+    """The status and every device's flows, for one SNMP view."""
+    status = server_status(await control.fetch_status(socket))
+    flows = await control.command(socket, "flows", {"device": None})
+    return status, flows["flows"]
+
+
 def snmp_agent(config: ServerConfig) -> int:
     """net-snmp's pass_persist loop on stdin/stdout; a status older than a second is refetched."""
     fetched, objects = 0.0, []
@@ -534,9 +550,8 @@ def snmp_agent(config: ServerConfig) -> int:
             oid = snmp.parse_oid(sys.stdin.readline())
             if time.monotonic() - fetched > 1:
                 try:
-                    objects = snmp.table(
-                        server_status(asyncio.run(control.fetch_status(config.control_socket)))
-                    )
+                    status, flows = asyncio.run(snmp_status(config.control_socket))
+                    objects = snmp.table(status, flows, time.time())
                 except ControlError:
                     objects = []  # the server is down: nothing to show, and snmpd stays up
                 fetched = time.monotonic()
@@ -618,6 +633,11 @@ def format_status(data: ServerStatus) -> str:
             f"{firewall['flows']} flows, {firewall['opened']} opened, "
             f"{firewall['unmatched']} denied by no rule"
         )
+        if firewall["sip"]:
+            lines.append(
+                f"sip: {firewall['sip_held']} flows held by registrations; "
+                + counts(firewall["sip"])
+            )
     lines.append("refusals: " + counts(data["refusals"]))
     if "flows" in data:
         lines += ["", format_flows(data["flows"])]
@@ -640,6 +660,6 @@ def format_flows(flows: list[FlowStatus]) -> str:
             f"{f['vrf']:<10} {f['protocol']:<5} {f['opened_by']:<10} {remote:<21} "
             f"{device:<21} {f['state']:<11} "
             f"{f['rule'] if f['rule'] is not None else '-':>4} {f['packets']:>7} "
-            f"{f['expires_in']:>7.0f}s"
+            f"{f['expires_in']:>7.0f}s" + (" sip-held" if f["sip_held"] else "")
         )
     return "\n".join(lines)

@@ -203,6 +203,7 @@ def firewall_config(table: configfile.Table) -> FirewallConfig:
         ),
         refused_rate=table.number("refused_rate", Limits.refused_rate, low=1, high=10_000_000),
         refused_burst=table.number("refused_burst", Limits.refused_burst, low=1, high=100_000_000),
+        sip_max_expires=table.number("sip_max_expires", Limits.sip_max_expires, low=1, high=604800),
     )
     profiles_dir = table.optional_str("profiles_dir")
     try:
@@ -228,7 +229,7 @@ def firewall_config(table: configfile.Table) -> FirewallConfig:
 def rule_spec(table: configfile.Table) -> dict[str, Any]:
     """A ``[[firewall.rule]]`` as a spec for :func:`rules.make_rule` (which checks it)."""
     spec: dict[str, Any] = {}
-    for key in ("action", "profile", "direction", "protocol", "comment"):
+    for key in ("action", "profile", "direction", "protocol", "sip", "comment"):
         value = table.optional_str(key)
         if value is not None:
             spec[key] = value

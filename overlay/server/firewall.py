@@ -22,10 +22,18 @@ device that sends a flood of new flows costs one dictionary lookup per packet,
 not a walk of its table (it cost 42 µs a packet). Like Linux conntrack's
 default, a TCP packet that is not a SYN may open a flow, so connections survive
 a server restart once the side that the rules allow sends again.
+
+A flow that a rule with a SIP option allowed is read for SIP registrations
+(:mod:`overlay.server.sip`): while one made through it lasts, the flow stays
+open however quiet it is ("held"), and new flows from the registrar (from any
+address with ``any-proxy``) to the device's SIP port or registered contact port
+pass, as replies do, without meeting the rules.
 """
 
 from __future__ import annotations
 
+import socket
+from collections import Counter
 from dataclasses import dataclass
 from struct import unpack_from
 
@@ -33,6 +41,7 @@ from overlay import status
 from overlay.counters import Drop
 from overlay.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from overlay.server.rules import FROM_DEVICE, PROTOCOL_NAMES, TO_DEVICE, Ruleset
+from overlay.server.sip import Registrations, SipError, parse
 
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
@@ -64,27 +73,42 @@ class Limits:
     other: float = 600.0
     refused_rate: float = 1000.0  # refused packets a second a session may send, sustained
     refused_burst: float = 10_000.0  # and at once; past both it is closed (1008)
+    sip_max_expires: float = 86_400.0  # a SIP registration holds its flow at most this long
 
 
 class Flow:
     """One flow; ``to_device`` tells which side opened it."""
 
-    __slots__ = ("closing", "created", "expires", "packets", "replied", "rule", "to_device")
+    __slots__ = (
+        "closing",
+        "created",
+        "expires",
+        "held",
+        "packets",
+        "replied",
+        "rule",
+        "seen",
+        "sip",
+        "to_device",
+    )
 
     def __init__(self, to_device: bool, rule: int | None, now: float) -> None:
         self.to_device = to_device
         self.rule = rule  # the number of the rule that allowed it; None for ICMP echo
         self.created = now
         self.expires = now
+        self.seen = now  # its last packet
         self.packets = 0
         self.replied = False
         self.closing = False
+        self.sip: Registrations | None = None  # read for SIP registrations
+        self.held = 0.0  # a SIP registration keeps it open until then
 
 
 class FlowTable:
     """The flows of one device address, and the fragments still expected."""
 
-    __slots__ = ("flows", "fragments", "next_expiry", "recent", "sweeps", "swept")
+    __slots__ = ("flows", "fragments", "next_expiry", "recent", "sip", "sweeps", "swept")
 
     def __init__(self) -> None:
         self.flows: dict[FlowKey, Flow] = {}
@@ -95,12 +119,15 @@ class FlowTable:
         self.next_expiry = 0.0  # nothing ends before this (the earliest end at the last sweep)
         self.swept = float("-inf")
         self.sweeps = 0
+        self.sip: list[tuple[FlowKey, Flow]] = []  # the flows read for SIP registrations
 
     def sweep(self, now: float) -> int:
         """Forget expired flows and fragments; return how many flows ended."""
         expired = [key for key, flow in self.flows.items() if flow.expires <= now]
         for key in expired:
             del self.flows[key]
+        if self.sip:
+            self.sip = [(k, f) for k, f in self.sip if self.flows.get(k) is f]
         for fragment in [f for f, until in self.fragments.items() if until <= now]:
             del self.fragments[fragment]
         self.next_expiry = min(
@@ -124,7 +151,9 @@ class FlowTable:
                 "packets": flow.packets,
                 "state": flow_state(key[0], flow),
                 "since": round(wall - (now - flow.created), 3),
+                "idle": round(now - flow.seen, 1),
                 "expires_in": round(flow.expires - now, 1),
+                "sip_held": flow.held > now,
             }
             for key, flow in self.flows.items()
             if flow.expires > now
@@ -139,6 +168,7 @@ class Firewall:
         self.limits = limits
         self.opened = 0  # flows opened since the start
         self.flows = 0  # flows in all tables (ended ones too, until swept)
+        self.sip: Counter[str] = Counter()  # SIP messages read, by what they did
 
     def check(
         self, table: FlowTable, packet: bytes | memoryview, to_device: bool, now: float
@@ -193,13 +223,20 @@ class Firewall:
         if flow is None or flow.expires <= now:
             if not opens:
                 return Drop.POLICY
-            number = None
-            if ruled:
+            number, sip = None, None
+            pinhole = None
+            if to_device and table.sip:
+                pinhole = self._pinhole(table, protocol, remote, port, now)
+            if pinhole is not None:
+                number = pinhole[0]
+            elif ruled:
                 direction = TO_DEVICE if to_device else FROM_DEVICE
                 rule = self.ruleset.decide(direction, protocol, port, int.from_bytes(remote, "big"))
                 if rule is None or rule.action != "allow":
                     return Drop.POLICY
                 number = rule.number
+                if rule.sip:
+                    sip = rule.sip_mode(direction, protocol, port)
             if len(flows) >= self.limits.max_flows:
                 self.reclaim(table, now)
                 if len(flows) >= self.limits.max_flows:
@@ -211,6 +248,10 @@ class Firewall:
             flow = flows[key] = Flow(to_device, number, now)
             self.opened += 1
             self.flows += 1
+            if sip is not None:
+                device = socket.inet_ntoa(bytes(packet[12:16]))
+                flow.sip = Registrations(sip, device, self.limits.sip_max_expires)
+                table.sip.append((key, flow))
         self._keep(flow, packet, header, protocol, to_device, now)
         if header == 20:
             table.recent[to_device] = (protocol, bytes(packet[12:24]), flow)
@@ -241,6 +282,9 @@ class Firewall:
         if flow.to_device != to_device:
             flow.replied = True
         flow.packets += 1
+        flow.seen = now
+        if flow.sip is not None:
+            self._read_sip(flow, flow.sip, packet, header, protocol, to_device, now)
         limits = self.limits
         if protocol == PROTO_TCP:
             if len(packet) >= header + 14 and packet[header + 13] & TCP_FIN_OR_RST:
@@ -255,6 +299,67 @@ class Firewall:
             flow.expires = now + limits.icmp
         else:
             flow.expires = now + limits.other
+        if flow.held > flow.expires:
+            flow.expires = flow.held
+
+    def _read_sip(
+        self,
+        flow: Flow,
+        registrations: Registrations,
+        packet: bytes | memoryview,
+        header: int,
+        protocol: int,
+        to_device: bool,
+        now: float,
+    ) -> None:
+        """Read the SIP messages of a packet of ``flow``; a registration holds the flow."""
+        if protocol == PROTO_UDP:
+            payload = packet[header + 8 :]
+            if not bytes(payload[:8]).strip(b"\r\n\0 "):
+                return  # a keep-alive, or nothing
+            try:
+                messages = [parse(payload)]
+            except SipError:
+                self.sip["unparsable"] += 1
+                return
+        else:
+            if len(packet) < header + 20:
+                return
+            offset = header + ((packet[header + 12] >> 4) << 2)
+            seq = unpack_from("!I", packet, header + 4)[0]
+            messages, lost = registrations.streams[to_device].feed(seq, packet[offset:])
+            if lost:
+                self.sip["unparsable"] += 1
+        for message in messages:
+            try:
+                if to_device:
+                    event = registrations.to_device(message, now)
+                else:
+                    event = registrations.from_device(message)
+            except SipError:
+                event = "unparsable"
+            if event is not None:
+                self.sip[event] += 1
+        flow.held = registrations.until(now)
+
+    def _pinhole(
+        self, table: FlowTable, protocol: int, remote: bytes, port: int | None, now: float
+    ) -> tuple[int | None] | None:
+        """A new to-device flow that a live registration lets in: (the number of the rule
+        that allowed the registration's flow,), or None."""
+        for key, flow in table.sip:
+            registrations = flow.sip
+            if key[0] != protocol or registrations is None or flow.held <= now:
+                continue
+            if port != key[3] and port not in registrations.contact_ports(now):
+                continue
+            if key[1] == remote:
+                self.sip["from-registrar"] += 1
+                return (flow.rule,)
+            if registrations.mode == "any-proxy":
+                self.sip["from-other-proxy"] += 1
+                return (flow.rule,)
+        return None
 
     def _error(
         self,

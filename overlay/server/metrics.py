@@ -87,6 +87,19 @@ class StatusCollector(Collector):
             hits.add_metric([str(number), action], count)
         hits.add_metric(["default", "deny"], firewall["unmatched"])
         yield hits
+        yield GaugeMetricFamily(
+            "overlay_sip_held_flows",
+            "Flows a SIP registration holds open.",
+            value=firewall["sip_held"],
+        )
+        sip = CounterMetricFamily(
+            "overlay_sip_messages",
+            "SIP messages read on flows of rules with a SIP option, by what they did.",
+            labels=["result"],
+        )
+        for result, count in sorted(firewall["sip"].items()):
+            sip.add_metric([result], count)
+        yield sip
         qoe = CounterMetricFamily("overlay_qoe_reports", "QoE report lines.", labels=["result"])
         for result, count in sorted((data["qoe"] or {}).items()):
             qoe.add_metric([result], count)

@@ -85,6 +85,7 @@ class Node:
             totals.merge(session.counters)
         totals.drops.update(self.router.drops)
         flows = {a: len(t.flows) for a, t in self.router.flows.items()}
+        now = time.monotonic()
         sessions: list[SessionStatus] = [
             s.status(flows.get(s.address_bytes, 0)) for s in self._sessions
         ]
@@ -119,6 +120,10 @@ class Node:
                 "unmatched": self.rulebook.ruleset.unmatched,
                 "hits": [(r.number, r.action, r.hits) for r in self.rulebook.ruleset.rules],
                 "max_flows": config.firewall.limits.max_flows,
+                "sip": dict(self.firewall.sip),
+                "sip_held": sum(
+                    flow.held > now for table in self.router.flows.values() for _, flow in table.sip
+                ),
             },
             "certificate": self.certificate() if self.certificate else None,
         }
@@ -135,12 +140,13 @@ class Node:
         return result
 
     def flows(self, command: dict[str, Any]) -> dict[str, Any]:
-        """The live flows of one device's addresses (``overlay status DEVICE``)."""
+        """The live flows of one device's addresses (``overlay status DEVICE``), or of every
+        device when it names none (the SNMP flow table)."""
         device = command.get("device")
         now, wall = time.monotonic(), time.time()
         result: list[FlowStatus] = []
         for lease in self.store.all():
-            if lease.device != device:
+            if device is not None and lease.device != device:
                 continue
             table = self.router.flows.get(lease.address.packed)
             if table is not None:

@@ -12,6 +12,10 @@ the flow table lets them pass.
 Rules carry numbers, as on Allied Telesis firewalls: a rule is inserted
 between two others by choosing a free number, moved by giving it another, and
 ``renumber`` spaces them out again (10, 20, 30…) without changing their order.
+
+A from-device UDP or TCP match may carry a SIP option (``sip = "registrar"`` or
+``"any-proxy"``): the flows it allows are read for SIP registrations, which
+keep them open and let calls in (:mod:`overlay.server.sip`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from overlay import configfile
 from overlay.exceptions import ConfigError
+from overlay.server.sip import MODES as SIP_MODES
 
 TO_DEVICE = "to-device"
 FROM_DEVICE = "from-device"
@@ -68,6 +73,7 @@ class Match:
     protocol: int | None  # None: any protocol
     ports: PortRanges  # empty: any port (the only choice for protocols without ports)
     purpose: str = ""
+    sip: str | None = None  # SIP_MODES: read the flows it allows for registrations
 
     def covers(self, direction: str, protocol: int, port: int | None) -> bool:
         if direction != self.direction:
@@ -80,17 +86,28 @@ class Match:
 
     def describe(self) -> str:
         name = "any" if self.protocol is None else PROTOCOL_NAMES[self.protocol]
-        return f"{self.direction} {name} {format_ports(self.ports)}"
+        sip = f" sip {self.sip}" if self.sip else ""
+        return f"{self.direction} {name} {format_ports(self.ports)}{sip}"
 
 
-def make_match(direction: str, protocol: str, ports: str | None, purpose: str = "") -> Match:
+def make_match(
+    direction: str, protocol: str, ports: str | None, purpose: str = "", sip: str | None = None
+) -> Match:
+    if sip is not None:
+        if sip not in SIP_MODES:
+            raise RuleError(f"sip {sip!r} must be one of {', '.join(SIP_MODES)}")
+        if direction != FROM_DEVICE or protocol not in ("tcp", "udp"):
+            raise RuleError(
+                "sip reads the registrations a device sends: it needs direction "
+                "from-device and protocol udp or tcp"
+            )
     if direction not in DIRECTIONS:
         raise RuleError(f"direction {direction!r} must be one of {', '.join(DIRECTIONS)}")
     if protocol not in PROTOCOLS:
         raise RuleError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
     if ports is not None and protocol not in ("tcp", "udp"):
         raise RuleError(f"ports need protocol tcp or udp, not {protocol!r}")
-    return Match(direction, PROTOCOLS[protocol], parse_ports(ports) if ports else (), purpose)
+    return Match(direction, PROTOCOLS[protocol], parse_ports(ports) if ports else (), purpose, sip)
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,7 @@ def load_profile(path: Path) -> Profile:
                 table.string("protocol"),
                 table.optional_str("ports"),
                 table.string("purpose", "-"),
+                table.optional_str("sip"),
             )
         except RuleError as exc:
             table.fail_here(str(exc))
@@ -161,6 +179,7 @@ SPEC_KEYS = (
     "ports",
     "sources",
     "destinations",
+    "sip",
     "comment",
 )
 
@@ -176,12 +195,20 @@ class Rule:
     destinations: Networks  # service addresses for from-device flows; empty: any
     spec: dict[str, Any]
     hits: int = 0  # flows this rule allowed or denied since the server started
+    sip: bool = False  # does any of its matches read SIP?
 
     def covers(self, direction: str, protocol: int, port: int | None, peer: int) -> bool:
         peers = self.sources if direction == TO_DEVICE else self.destinations
         if peers and not any(peer & int(n.netmask) == int(n.network_address) for n in peers):
             return False
         return any(m.covers(direction, protocol, port) for m in self.matches)
+
+    def sip_mode(self, direction: str, protocol: int, port: int | None) -> str | None:
+        """The SIP option of the match that covers a flow this rule allowed, if any."""
+        for match in self.matches:
+            if match.sip and match.covers(direction, protocol, port):
+                return match.sip
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         return {"number": self.number, **self.spec, "hits": self.hits}
@@ -208,11 +235,19 @@ def make_rule(number: int, spec: dict[str, Any], profiles: dict[str, Profile]) -
                 "(add your own as NAME.toml in firewall.profiles_dir)"
             )
         matches = profiles[profile].entries
+        if "sip" in spec:  # another mode for the profile's SIP entries
+            if spec["sip"] not in SIP_MODES:
+                raise RuleError(f"sip {spec['sip']!r} must be one of {', '.join(SIP_MODES)}")
+            if not any(m.sip for m in matches):
+                raise RuleError(f"profile {profile!r} has no SIP entries for sip to change")
+            matches = tuple(replace(m, sip=spec["sip"]) if m.sip else m for m in matches)
     else:
         if "direction" not in spec:
             raise RuleError("a rule needs a profile, or a direction (to-device or from-device)")
         spec.setdefault("protocol", "any")
-        matches = (make_match(spec["direction"], spec["protocol"], spec.get("ports")),)
+        matches = (
+            make_match(spec["direction"], spec["protocol"], spec.get("ports"), sip=spec.get("sip")),
+        )
     sources = parse_networks("sources", spec.get("sources", []))
     destinations = parse_networks("destinations", spec.get("destinations", []))
     directions = {m.direction for m in matches}
@@ -220,7 +255,8 @@ def make_rule(number: int, spec: dict[str, Any], profiles: dict[str, Profile]) -
         raise RuleError("sources narrow to-device flows; this rule has none")
     if destinations and FROM_DEVICE not in directions:
         raise RuleError("destinations narrow from-device flows; this rule has none")
-    return Rule(number, action, matches, sources, destinations, spec)
+    sip = action == "allow" and any(m.sip for m in matches)
+    return Rule(number, action, matches, sources, destinations, spec, sip=sip)
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""The server's sessions and counters over SNMP: net-snmp's ``pass_persist`` protocol, pure.
+"""The server's sessions, counters and firewall over SNMP: net-snmp's ``pass_persist``
+protocol, pure.
 
 snmpd runs ``overlay snmp-agent --config server.toml`` and asks it, over
 stdin/stdout, for ``get`` and ``getnext`` under the subtree of OVERLAY-MIB
 (overlay/server/OVERLAY-MIB.txt). The values come from the same status that
-``overlay status`` shows. The subtree sits under net-snmp's playpen arc,
+``overlay status`` shows, and the flows from ``overlay status DEVICE`` for
+every device. The subtree sits under net-snmp's playpen arc,
 1.3.6.1.4.1.8072.9999.9999, until the project has a private enterprise number.
 
 Protocol (snmpd.conf(5), "pass_persist"): ``PING`` is answered ``PONG``;
@@ -16,10 +18,11 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_right
 
-from overlay.status import ServerStatus
+from overlay.status import FlowStatus, ServerStatus
 
 ROOT = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999, 42)
 
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
 Oid = tuple[int, ...]
 Value = tuple[str, str]  # net-snmp type name, value as text
 
@@ -32,9 +35,14 @@ def dotted(oid: Oid) -> str:
     return "." + ".".join(map(str, oid))
 
 
-def table(status: ServerStatus) -> list[tuple[Oid, Value]]:
-    """Every object of the subtree, sorted by OID."""
-    server, totals = status["server"], status["totals"]
+def address(text: str) -> Oid:
+    """An IPv4 address as four sub-identifiers (how SNMP indexes by IpAddress)."""
+    return tuple(ipaddress.IPv4Address(text).packed)
+
+
+def table(status: ServerStatus, flows: list[FlowStatus], now: float) -> list[tuple[Oid, Value]]:
+    """Every object of the subtree, sorted by OID; ``now`` is the wall clock."""
+    server, totals, firewall = status["server"], status["totals"], status["firewall"]
     scalars = [
         (1, ("gauge", str(len(status["sessions"])))),  # ovlSessions
         (2, ("gauge", str(server["leases"]))),  # ovlLeases
@@ -47,7 +55,7 @@ def table(status: ServerStatus) -> list[tuple[Oid, Value]]:
     ]
     objects: list[tuple[Oid, Value]] = [((*ROOT, 1, n, 0), value) for n, value in scalars]
     for session in status["sessions"]:  # ovlSessionTable, indexed by the overlay address
-        index = tuple(ipaddress.IPv4Address(session["address"]).packed)
+        index = address(session["address"])
         columns = [
             (1, ("ipaddress", session["address"])),  # ovlSessionAddress
             (2, ("string", session["device"])),  # ovlSessionDevice
@@ -58,6 +66,48 @@ def table(status: ServerStatus) -> list[tuple[Oid, Value]]:
             (7, ("counter64", str(sum(session["drops"].values())))),  # ovlSessionDrops
         ]
         objects += [((*ROOT, 2, 1, 1, column, *index), value) for column, value in columns]
+    drops, sip = status["drops"], firewall.get("sip", {})
+    counters = [
+        (1, ("gauge", str(firewall["flows"]))),  # ovlFlows
+        (2, ("counter64", str(firewall["opened"]))),  # ovlFlowsOpened
+        (3, ("counter64", str(drops.get("policy", 0)))),  # ovlFlowDropsPolicy
+        (4, ("counter64", str(drops.get("flow-limit", 0)))),  # ovlFlowDropsLimit
+        (5, ("counter64", str(firewall["unmatched"]))),  # ovlFlowsUnmatched
+        (6, ("gauge", str(firewall.get("sip_held", 0)))),  # ovlSipHeldFlows
+        (7, ("counter64", str(sip.get("registered", 0)))),  # ovlSipRegistrations
+        (8, ("counter64", str(sip.get("unparsable", 0)))),  # ovlSipUnparsable
+    ]
+    objects += [((*ROOT, 3, n, 0), value) for n, value in counters]
+    for number, action, hits in firewall["hits"]:  # ovlRuleTable, by rule number
+        columns = [
+            (1, ("gauge", str(number))),  # ovlRuleNumber
+            (2, ("string", action)),  # ovlRuleAction
+            (3, ("counter64", str(hits))),  # ovlRuleHits
+        ]
+        objects += [((*ROOT, 4, 1, column, number), value) for column, value in columns]
+    for flow in flows:  # ovlFlowTable
+        protocol = PROTOCOLS.get(flow["protocol"]) or int(flow["protocol"])
+        index = (
+            *address(flow["address"]),
+            protocol,
+            *address(flow["remote"]),
+            flow["remote_port"],
+            flow["device_port"],
+        )
+        columns = [
+            (1, ("ipaddress", flow["address"])),  # ovlFlowDeviceAddress
+            (2, ("gauge", str(protocol))),  # ovlFlowProtocol
+            (3, ("ipaddress", flow["remote"])),  # ovlFlowRemoteAddress
+            (4, ("gauge", str(flow["remote_port"]))),  # ovlFlowRemotePort
+            (5, ("gauge", str(flow["device_port"]))),  # ovlFlowDevicePort
+            (6, ("integer", "2" if flow["opened_by"] == "management" else "1")),  # ovlFlowOpenedBy
+            (7, ("gauge", str(max(0, int(now - flow["since"]))))),  # ovlFlowAge
+            (8, ("gauge", str(int(flow["idle"])))),  # ovlFlowIdle
+            (9, ("integer", "1" if flow["sip_held"] else "2")),  # ovlFlowSipHeld
+            (10, ("gauge", str(flow["rule"] or 0))),  # ovlFlowRule
+            (11, ("counter64", str(flow["packets"]))),  # ovlFlowPackets
+        ]
+        objects += [((*ROOT, 5, 1, column, *index), value) for column, value in columns]
     return sorted(objects)
 
 

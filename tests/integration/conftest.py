@@ -8,6 +8,7 @@ everything a test made is removed after it, pass or fail.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,6 +156,16 @@ class Overlay:
         data = deploy.server_status(self.control)
         assert data is not None, "the server does not answer on its control socket"
         return data
+
+    def device_status(self, device: str) -> dict:
+        """``overlay status DEVICE --json``: the device's sessions and its flows."""
+        assert self.server_config is not None
+        shown = subprocess.run(
+            [str(deploy.BIN / "overlay"), "status", device, "--json",
+             "--config", str(self.server_config)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return dict(json.loads(shown.stdout))
 
     def start_device(self, device: Device, wait: bool = True) -> dict | None:
         device.process = deploy.start_appliance(device.ns, device.config)

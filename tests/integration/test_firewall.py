@@ -90,14 +90,7 @@ def test_allowed_ports_pass_and_others_are_dropped_and_counted(guarded: Overlay)
 def test_status_of_a_device_lists_its_flows(guarded: Overlay) -> None:
     assert connects(SRV, "169.254.1.1", 7002)
     assert guarded.server_config is not None
-    shown = subprocess.run(
-        [str(BIN / "overlay"), "status", "dev1", "--json", "--config", str(guarded.server_config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    flows = json.loads(shown.stdout)["flows"]
+    flows = guarded.device_status("dev1")["flows"]
     assert {
         (f["protocol"], f["opened_by"], f["remote"], f["device_port"], f["rule"]) for f in flows
     } >= {("tcp", "management", SERVER, 7002, 20)}

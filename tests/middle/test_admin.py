@@ -44,6 +44,7 @@ async def test_metrics_parse_with_prometheus_own_parser(
     client: TestClient[object, object], node: Node
 ) -> None:
     node.refusals["bad-credentials"] += 2
+    node.firewall.sip["unparsable"] += 3
     response = await client.get("/metrics")
     assert response.status == 200
     families = {f.name: f for f in text_string_to_metric_families(await response.text())}
@@ -55,6 +56,11 @@ async def test_metrics_parse_with_prometheus_own_parser(
         if s.name == "overlay_refusals_total"
     }
     assert refusals == {"bad-credentials": 2}
+    sip = families["overlay_sip_messages"].samples
+    assert [(s.labels["result"], s.value) for s in sip if s.name.endswith("_total")] == [
+        ("unparsable", 3)
+    ]
+    assert families["overlay_sip_held_flows"].samples[0].value == 0
     tunnel_bytes = families["overlay_tunnel_bytes"].samples
     assert {s.labels["direction"] for s in tunnel_bytes if s.name.endswith("_total")} == {
         "rx",
