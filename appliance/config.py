@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import yarl
 
 from appliance.dhcp import FORMATS
+from appliance.hooks import Hooks
 from appliance.vrf import BACKENDS
 from overlay import bridge, codel, configfile, log, wire
 from overlay.tun import IFNAMSIZ
@@ -75,6 +77,7 @@ class ApplianceConfig:
     proxy_username: str | None
     proxy_password: str | None
     proxy_from_environment: bool
+    hooks: Hooks
 
     @property
     def control_socket(self) -> Path:
@@ -93,6 +96,7 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
     keepalive = root.table("keepalive")
     dhcp = root.table("dhcp")
     proxy = root.table("proxy")
+    hooks = root.table("hooks")
     vrf_tables = root.tables("vrf")
 
     device_id = device.string("id")
@@ -163,13 +167,32 @@ def load_appliance_config(path: str | Path) -> ApplianceConfig:
         proxy_username=proxy.optional_str("username"),
         proxy_password=configfile.read_secret(proxy, "password", "password_file"),
         proxy_from_environment=proxy.flag("from_environment", False),
+        hooks=Hooks(
+            up=read_command(hooks, "up"),
+            down=read_command(hooks, "down"),
+            timeout=hooks.number("timeout", 30.0, low=1, high=3600),
+        ),
     )
     if config.proxy_username is not None and config.proxy_password is None:
         proxy.fail("password_file", "is required with proxy.username (or password)")
-    tables = (device, server, tun, reconnect, state, logging, qoe, keepalive, dhcp, proxy)
+    tables = (device, server, tun, reconnect, state, logging, qoe, keepalive, dhcp, proxy, hooks)
     for table in (*tables, *vrf_tables, root):
         table.done()
     return config
+
+
+def read_command(table: configfile.Table, key: str) -> tuple[str, ...]:
+    """A hook: a command line, split as a shell would split it (but run without one)."""
+    text = table.optional_str(key)
+    if text is None:
+        return ()
+    try:
+        argv = tuple(shlex.split(text))
+    except ValueError as exc:
+        table.fail(key, f"cannot split {text!r}: {exc}")
+    if not argv or not Path(argv[0]).is_absolute():
+        table.fail(key, f"{text!r} must start with an absolute path to a program")
+    return argv
 
 
 def read_urls(table: configfile.Table) -> list[str]:

@@ -4,7 +4,8 @@ Tree::
 
     ApplianceError
     ├── InputError               a file or argument given on the command line is wrong
-    ├── VrfError                 a VRF cannot be used (no such namespace, no kernel support)
+    ├── VrfError                 a VRF cannot be used (no kernel support, not a VRF device)
+    │   └── VrfMissing           its namespace or device does not exist (yet): retried
     └── ConnectError             one attempt to open a tunnel failed; the message says why
         ├── RefusedError         the server answered the upgrade with an HTTP refusal
         ├── CertificateError     the server's certificate did not verify
@@ -27,6 +28,10 @@ class InputError(ApplianceError):
 
 class VrfError(ApplianceError):
     """A VRF cannot be used: its namespace or device is missing, or the kernel lacks support."""
+
+
+class VrfMissing(VrfError):
+    """A VRF's namespace or device does not exist yet; the agent keeps looking for it."""
 
 
 class ConnectError(ApplianceError):

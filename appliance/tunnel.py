@@ -35,6 +35,7 @@ from appliance.config import ApplianceConfig, VrfConfig
 from appliance.dhcp import DhcpValues, LeaseWatcher
 from appliance.exceptions import CertificateError, ConnectError, RefusedError, UnreachableError
 from appliance.failover import After, ServerOrder, after_close, after_refusal, backoff
+from appliance.hooks import run as hooks_run
 from appliance.tls import PinMismatchError, client_tls
 from appliance.vrf import Backend
 from overlay import bridge, wire
@@ -172,18 +173,20 @@ def dhcp_url(server: str, configured: str) -> str:
 
 @dataclass(frozen=True)
 class RefusedVrf:
-    """A VRF that cannot run on this host; shown in the status with its reason."""
+    """A VRF that cannot run on this host (``refused``), or whose namespace or device does
+    not exist yet (``waiting``: the agent keeps looking); shown with its reason."""
 
     vrf: VrfConfig
     backend: str
     reason: str
+    state: str = "refused"
 
     def status(self) -> TunnelStatus:
         return {
             "device": None,
             "vrf": self.vrf.name,
             "backend": self.backend,
-            "state": "refused",
+            "state": self.state,
             "since": time.time(),
             "server": None,
             "address": None,
@@ -223,6 +226,7 @@ class DeviceTunnel:
         self.last_error: str | None = None
         self.counters = Counters()
         self._reconfigure = asyncio.Event()
+        self._hooks: asyncio.Task[None] | None = None  # the last hook run started
         self.log = structlog.get_logger("appliance.tunnel").bind(
             device=config.device_id, vrf=vrf.name
         )
@@ -238,9 +242,38 @@ class DeviceTunnel:
 
     def _enter(self, state: TunnelState, **why: Any) -> None:
         if state is not self.state:
+            was_up = self.state is TunnelState.UP
             self.state = state
             self.since = time.time()
             self.log.info("tunnel " + state.value, **why)
+            if state is TunnelState.UP or was_up:
+                self._hook("up" if state is TunnelState.UP else "down")
+
+    def _hook(self, event: str) -> None:
+        """Run the up or down hook, in order with the others of this tunnel."""
+        hooks = self.config.hooks
+        argv = hooks.up if event == "up" else hooks.down
+        if not argv:
+            return
+        hello = self.hello
+        environment = {
+            "OVERLAY_EVENT": event,
+            "OVERLAY_DEVICE": self.config.device_id,
+            "OVERLAY_VRF": self.vrf.name,
+            "OVERLAY_ADDRESS": hello.address if hello else "",
+            "OVERLAY_PREFIX": str(hello.prefix) if hello else "",
+            "OVERLAY_TUN": self.tun.name,
+            "OVERLAY_NETNS": self.backend.netns or "",
+            "OVERLAY_SERVER": self.server or "",
+        }
+        previous = self._hooks
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await previous
+            await hooks_run(argv, environment, hooks.timeout)
+
+        self._hooks = asyncio.create_task(in_turn())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the tunnel up until ``stop`` is set."""
@@ -253,6 +286,8 @@ class DeviceTunnel:
             if self.resolver is not None:
                 await self.resolver.close()
         self._enter(TunnelState.STOPPED)
+        if self._hooks is not None:
+            await self._hooks  # the down hook ends before the agent does
 
     async def _keep_up(self, stop: asyncio.Event) -> None:
         delays = backoff(self.config.min_delay, self.config.max_delay)

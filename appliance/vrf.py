@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from appliance.exceptions import VrfError
+from appliance.exceptions import VrfError, VrfMissing
 from overlay import namespace
 from overlay.namespace import in_netns
 from overlay.tun import Tun
@@ -75,7 +75,7 @@ class NamespaceBackend(Backend):
 
     async def check(self) -> None:
         if not (Path("/run/netns") / self.namespace).exists():
-            raise VrfError(
+            raise VrfMissing(
                 f"network namespace {self.namespace!r} does not exist; create it first "
                 f"(ip netns add {self.namespace}) or fix vrf.netns"
             )
@@ -121,7 +121,7 @@ class DeviceBackend(Backend):
                     f"this kernel has no VRF (l3mdev) support, so VRF device "
                     f'{self.device!r} cannot exist; use backend = "netns"'
                 )
-            raise VrfError(
+            raise VrfMissing(
                 f"VRF device {self.device!r} does not exist; create it "
                 f"(ip link add {self.device} type vrf table N) or fix vrf.device"
             )

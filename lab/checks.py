@@ -131,13 +131,11 @@ def qoe(lab: Lab, device: Device, address: str) -> Result:
             "qoe",
             "--config",
             str(lab.server_config),
-            "--device",
             device.id,
             "--json",
         ],
     )
-    for line in listed.stdout.splitlines():
-        row = json.loads(line)
+    for row in json.loads(listed.stdout or "[]"):
         if row["report"].get("call") == token:
             return row["address"] == address, (
                 f"report {row['id']} stored for {row['device']} from {row['address']}"

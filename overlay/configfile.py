@@ -135,8 +135,11 @@ class Table:
     def file(self, key: str, default: str | None = None) -> Path:
         """A path relative to the config file's folder; the file must exist."""
         path = self.path.parent / self.string(key, default)
-        if not path.is_file():
-            self.fail(key, f"file {path} does not exist")
+        try:
+            if not path.is_file():
+                self.fail(key, f"file {path} does not exist")
+        except PermissionError:
+            self.fail(key, f"cannot reach {path}: permission denied (run as a user that may)")
         return path
 
     def optional_file(self, key: str) -> Path | None:

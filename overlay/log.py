@@ -1,8 +1,11 @@
 """Structured logging set up once, by the command-line entry points only.
 
 Modules call ``structlog.get_logger()`` and bind the device, VRF and overlay
-address of the session they speak of. Lines go to stderr: JSON when stderr is
-not a terminal (journald, files, log shippers), ``key=value`` when it is.
+address of the session they speak of. Lines go to stderr: ``key=value`` on a
+terminal, JSON elsewhere (files, log shippers), and under systemd's journal
+``key=value`` with the ``<N>`` severity prefix journald reads and no timestamp
+of our own (the journal stamps each line), so that ``journalctl -p err -u
+overlay`` shows the errors.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import os
 import sys
 
 import structlog
+
+from overlay import systemd
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -31,21 +36,35 @@ class _OneLine(logging.Handler):
         structlog.get_logger(record.name).log(record.levelno, event, **details)
 
 
+def _journal_line(
+    logger: structlog.typing.WrappedLogger, name: str, event: structlog.typing.EventDict
+) -> str:
+    """``<N>level=… event=…``: the severity for journald, then the line."""
+    prefix = systemd.priority(event.get("level", "info"))
+    return prefix + structlog.processors.KeyValueRenderer(
+        key_order=["level", "event"], drop_missing=True
+    )(logger, name, event)
+
+
 def configure(level: str = "info", json: bool | None = None) -> None:
+    journal = json is None and systemd.journal_stream()
     if json is None:
-        json = not sys.stderr.isatty()
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.processors.KeyValueRenderer(
+        json = not journal and not sys.stderr.isatty()
+    renderer: structlog.typing.Processor
+    if journal:
+        renderer = _journal_line
+    elif json:
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.processors.KeyValueRenderer(
             key_order=["timestamp", "level", "event"], drop_missing=True
         )
-    )
+    stamp = [] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

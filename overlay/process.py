@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -81,6 +83,26 @@ def spare_full_collections() -> None:
     """
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+
+
+def become_owner_of(directory: Path) -> None:
+    """Run on as the user that owns ``directory``, when root and it is someone else's.
+
+    The service runs as its own user; a command that root runs to change its state
+    (``overlay device add``, ``overlay rule …`` with no server running) must leave
+    files that user can write, SQLite's -wal and -shm files included.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = directory.stat()
+    except FileNotFoundError:
+        return
+    if owner.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
 
 
 def fail(message: str, code: int = 1) -> int:

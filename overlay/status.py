@@ -41,6 +41,7 @@ class SessionStatus(Traffic):
 class NodeStatus(TypedDict):
     """The server process itself."""
 
+    version: str
     overlay: str
     tun: str
     listen: str
@@ -145,6 +146,7 @@ class TunnelStatus(Traffic):
 
 class AgentStatus(TypedDict):
     device: str
+    version: str
     tunnels: list[TunnelStatus]
 
 

@@ -15,7 +15,8 @@ Address, MTU, queue length and link state are set with the interface ioctls
 namespace: the few calls that configure one device, without netlink's library
 (pyroute2 costs a device agent 13 MB) and without a thread. IPv6 is turned off
 on the device before it goes up: protocol v1 carries IPv4, and a fresh link
-would otherwise send router solicitations into the tunnel.
+would otherwise send router solicitations into the tunnel (where /proc/sys is
+read-only to the process, it gets no IPv6 address instead, by netlink).
 """
 
 from __future__ import annotations
@@ -192,9 +193,38 @@ def write_record(fd: int, parts: tuple[bytes | memoryview, ...]) -> bool:
 
 
 def _disable_ipv6(name: str) -> None:
+    """Turn IPv6 off on the device; where /proc/sys is not ours to write (a service user
+    with CAP_NET_ADMIN only, ProtectKernelTunables=), at least give it no address."""
     path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
     try:
         with open(path, "w") as knob:
             knob.write("1")
     except FileNotFoundError:
         pass  # IPv6 is off in this kernel or namespace: nothing to silence
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        _no_ipv6_address(socket.if_nametoindex(name))
+
+
+RTM_SETLINK = 19
+NLM_F_REQUEST_ACK = 0x1 | 0x4
+IFLA_AF_SPEC = 26
+IFLA_INET6_ADDR_GEN_MODE = 8
+IN6_ADDR_GEN_MODE_NONE = 1
+
+
+def _no_ipv6_address(index: int) -> None:
+    """RTM_SETLINK with addr_gen_mode none (rtnetlink(7)): the link gets no IPv6 address,
+    so it sends no router solicitation, by netlink, which CAP_NET_ADMIN may use."""
+    mode = struct.pack("=HHB3x", 5, IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE)
+    inet6 = struct.pack("=HH", 4 + len(mode), socket.AF_INET6) + mode
+    spec = struct.pack("=HH", 4 + len(inet6), IFLA_AF_SPEC) + inet6
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + spec
+    message = struct.pack("=IHHII", 16 + len(body), RTM_SETLINK, NLM_F_REQUEST_ACK, 1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.send(message)
+        answer = sock.recv(4096)
+    (code,) = struct.unpack_from("=i", answer, 16)  # nlmsgerr: 0 is the acknowledgement
+    if code:
+        raise OSError(-code, f"cannot set addr_gen_mode on interface {index}")

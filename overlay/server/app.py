@@ -19,7 +19,7 @@ import signal
 import structlog
 from aiohttp import web
 
-from overlay import control
+from overlay import control, systemd
 from overlay.exceptions import ConfigError
 from overlay.process import spare_full_collections
 from overlay.server import admin
@@ -136,7 +136,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(cancel, forgetting)
         watching = asyncio.create_task(certificate.watch())
         stack.push_async_callback(cancel, watching)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, certificate.reload)
+
+        def reload() -> None:
+            systemd.notify("RELOADING=1")
+            certificate.reload()
+            systemd.notify("READY=1")
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
         log.info(
             "server listening",
@@ -151,7 +157,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             rules=len(rulebook.ruleset.rules),
             rules_from=str(config.rules_file) if rulebook.changed else "config",
         )
+        # The TUN, 169.254.0.1 and every listener are up: rsyslog, chrony and a web server
+        # that bind the overlay address may start now (After=overlay.service).
+        systemd.notify("READY=1", f"STATUS=listening on {config.host}:{config.port}")
         await stop.wait()
+        systemd.notify("STOPPING=1")
         log.info("server stopping", sessions=len(node.router.by_key))
         listener.close()
         gc.freeze()  # leaving: no need to walk every session's objects again while they close

@@ -1,10 +1,16 @@
 """``overlay``: the server's command line.
 
-overlay serve --config server.toml     run the server
-overlay status --config server.toml    sessions, leases and counters of the running server
-overlay rule list|add|delete|move|renumber|reset|profiles --config server.toml
+Every command reads /etc/overlay/server.toml unless --config or $OVERLAY_CONFIG
+names another file.
+
+overlay serve                          run the server
+overlay check-config                   load server.toml and its certificate; say what is wrong
+overlay status [DEVICE]                sessions, leases and counters of the running server
+overlay device add|list|remove|unbind  the device registry
+overlay rule list|add|remove|move|renumber|reset|profiles
                                        the firewall rules, changed at run time
-overlay reload --config server.toml    reload the certificate, key and CRL (as SIGHUP)
+overlay capture [DEVICE] -w FILE       what the server forwards, as pcap
+overlay reload                         reload the certificate, key and CRL (as SIGHUP)
 overlay certs init|renew|client|revoke|pin
                                        a private PKI: CA, server and device certificates
 overlay hash-password                  hash a tunnel password for server.toml
@@ -17,6 +23,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import secrets
 import sys
 import time
@@ -26,11 +33,17 @@ from typing import Any
 
 import aiohttp
 
-from overlay import certs, control, identity, log, process, wire
-from overlay.exceptions import CommandError, ControlError, OverlayError
-from overlay.server import auth, snmp
+from overlay import __version__, certs, control, identity, log, process, wire
+from overlay.exceptions import CommandError, ConfigError, ControlError, OverlayError
+from overlay.server import auth, certificate, snmp
 from overlay.server.certificate import day
-from overlay.server.config import EXAMPLE, ServerConfig, load_server_config
+from overlay.server.config import (
+    CONTROL_SOCKET,
+    DEFAULT_STATE_DIR,
+    EXAMPLE,
+    ServerConfig,
+    load_server_config,
+)
 from overlay.server.leases import LeaseStore, read_leases
 from overlay.server.qoe import ReportStore
 from overlay.server.registry import Registry
@@ -43,22 +56,31 @@ from overlay.text import counts, duration
 MIN_PASSWORD = 8
 
 
+def default_config() -> Path:
+    """Where the commands read their configuration without --config."""
+    return Path(os.environ.get("OVERLAY_CONFIG") or "/etc/overlay/server.toml")
+
+
+CONFIG_HELP = "server.toml (default: $OVERLAY_CONFIG, else /etc/overlay/server.toml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="overlay", description="The overlay tunnel server.")
+    parser.add_argument("--version", action="version", version=f"overlay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--config", required=True, type=Path, help="server.toml")
+    serve.add_argument("--config", type=Path, help=CONFIG_HELP)
 
     status = commands.add_parser("status", help="show sessions, leases and counters")
-    status.add_argument("--config", required=True, type=Path, help="server.toml")
+    status.add_argument("--config", type=Path, help=CONFIG_HELP)
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.add_argument("device", nargs="?", help="only this device: its sessions and leases")
 
     reload = commands.add_parser(
         "reload", help="reload the certificate, key and CRL of the running server (as SIGHUP)"
     )
-    reload.add_argument("--config", required=True, type=Path, help="server.toml")
+    reload.add_argument("--config", type=Path, help=CONFIG_HELP)
     reload.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_certs_parser(commands)
 
@@ -94,16 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             sub.add_argument("id", help="device id")
     for sub in device_commands.choices.values():
-        sub.add_argument("--config", required=True, type=Path, help="server.toml")
-    device_commands.choices["list"].add_argument("--json", action="store_true")
+        sub.add_argument("--config", type=Path, help=CONFIG_HELP)
+    for name in ("list", "remove", "unbind"):
+        device_commands.choices[name].add_argument(
+            "--json", action="store_true", help="print JSON for scripts"
+        )
 
     add_rule_parser(commands)
 
     capture = commands.add_parser(
         "capture", help="write what the server forwards for a device (both ways) as pcap"
     )
-    capture.add_argument("--config", required=True, type=Path, help="server.toml")
-    capture.add_argument("--device", help="only this device (all its VRFs); default: every device")
+    capture.add_argument("--config", type=Path, help=CONFIG_HELP)
+    capture.add_argument(
+        "device", nargs="?", help="only this device (all its VRFs); default: every device"
+    )
     capture.add_argument("-w", dest="file", required=True, help="pcap file to write, - for stdout")
     capture.add_argument("-c", dest="count", type=int, default=0, help="stop after N packets")
     capture.add_argument("--seconds", type=float, default=0, help="stop after S seconds")
@@ -111,21 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     agent = commands.add_parser(
         "snmp-agent", help="answer snmpd's pass_persist requests (OVERLAY-MIB); run by snmpd"
     )
-    agent.add_argument("--config", required=True, type=Path, help="server.toml")
+    agent.add_argument("--config", type=Path, help=CONFIG_HELP)
 
     qoe = commands.add_parser("qoe", help="list the QoE reports devices sent")
-    qoe.add_argument("--config", required=True, type=Path, help="server.toml")
-    qoe.add_argument("--device", help="only this device id")
+    qoe.add_argument("--config", type=Path, help=CONFIG_HELP)
+    qoe.add_argument("device", nargs="?", help="only this device")
     qoe.add_argument("--limit", type=int, default=50, help="the newest N reports (default 50)")
     qoe.add_argument("--json", action="store_true", help="print JSON lines for scripts")
 
     commands.add_parser("hash-password", help="read a password (stdin or prompt), print its hash")
+    check = commands.add_parser(
+        "check-config", help="load server.toml, its certificate and rules; say what is wrong"
+    )
+    check.add_argument("--config", type=Path, help=CONFIG_HELP)
     commands.add_parser("example-config", help="print a commented server.toml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "config", False) is None:
+        args.config = default_config()
     try:
         if args.command == "serve":
             config = load_server_config(args.config)
@@ -134,15 +167,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return process.run(lambda stop: serve(config, stop))
         if args.command == "status":
-            config = load_server_config(args.config)
-            data = server_status(asyncio.run(control.fetch_status(config.control_socket)))
+            socket = running_server(args.config)
+            data = server_status(asyncio.run(control.fetch_status(socket)))
             if args.device is not None:
                 data = only_device(data, args.device)
                 if not data["sessions"] and not data["leases"]:
                     return process.fail(f"no session and no lease for device {args.device!r}")
-                flows = asyncio.run(
-                    control.command(config.control_socket, "flows", {"device": args.device})
-                )
+                flows = asyncio.run(control.command(socket, "flows", {"device": args.device}))
                 data["flows"] = flows["flows"]
             print(json.dumps(data, indent=2) if args.json else format_status(data))
             return 0
@@ -154,7 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "device":
             return devices(args, load_server_config(args.config))
         if args.command == "rule":
-            return rule(args, load_server_config(args.config))
+            try:
+                return rule(args, load_server_config(args.config))
+            except ConfigError:
+                if args.rule_command != "list":
+                    raise
+            # a file being edited does not hide the running server's rules, as for status
+            listing = asyncio.run(
+                control.command(running_server(args.config), "rules", {"op": "list"})
+            )
+            print(json.dumps(listing, indent=2) if args.json else format_rules(listing))
+            return 0
+        if args.command == "check-config":
+            return check_config(args.config)
         if args.command == "qoe":
             config = load_server_config(args.config)
             return list_qoe(config.qoe_file, args.device, args.limit, args.json)
@@ -172,6 +215,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.command)
+
+
+def running_server(path: Path) -> Path:
+    """The control socket of the server ``path`` configures. When the file does not load
+    (an edit in progress), the default one, with a warning: the running server still
+    answers."""
+    try:
+        return load_server_config(path).control_socket
+    except ConfigError as exc:
+        socket = DEFAULT_STATE_DIR / CONTROL_SOCKET
+        print(f"warning: {exc}; asking the server at {socket}", file=sys.stderr)
+        return socket
+
+
+def check_config(path: Path) -> int:
+    """``overlay check-config``: everything ``serve`` checks before it opens anything."""
+    config = load_server_config(path)
+    loaded = certificate.load(config, time.time())
+    Rulebook(config.firewall, config.rules_file)
+    print(
+        f"{path}: OK (listen {config.host}:{config.port}{config.path}, certificate "
+        f"{loaded.serial} until {certificate.day(loaded.not_after)}, "
+        f"{len(config.firewall.rules)} rules)"
+    )
+    if config.rules_file.exists():
+        print(
+            f"note: {config.rules_file} (written by overlay rule) overrides the rules of "
+            f"{path} until overlay rule reset",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def add_certs_parser(commands: Any) -> None:
@@ -258,7 +332,7 @@ def reload(config: ServerConfig, as_json: bool) -> int:
 
 def add_rule_parser(commands: Any) -> None:
     parser = commands.add_parser(
-        "rule", help="the firewall rules: list, add, delete, move, renumber, reset, profiles"
+        "rule", help="the firewall rules: list, add, remove, move, renumber, reset, profiles"
     )
     actions = parser.add_subparsers(dest="rule_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="the rules in order, with their hit counts")
@@ -291,8 +365,8 @@ def add_rule_parser(commands: Any) -> None:
         "they stay open while registered, for calls from the registrar (or any proxy)",
     )
     add.add_argument("--comment", help="a note for the next operator")
-    delete = actions.add_parser("delete", help="delete rule NUMBER")
-    delete.add_argument("number", type=int)
+    remove = actions.add_parser("remove", help="remove rule NUMBER")
+    remove.add_argument("number", type=int)
     move = actions.add_parser("move", help="give rule NUMBER the free number TO")
     move.add_argument("number", type=int)
     move.add_argument("to", type=int)
@@ -303,7 +377,7 @@ def add_rule_parser(commands: Any) -> None:
     profiles = actions.add_parser("profiles", help="the profiles rules can name, with entries")
     profiles.add_argument("name", nargs="?", help="only this profile")
     for sub in actions.choices.values():
-        sub.add_argument("--config", required=True, type=Path, help="server.toml")
+        sub.add_argument("--config", type=Path, help=CONFIG_HELP)
 
 
 def rule(args: argparse.Namespace, config: ServerConfig) -> int:
@@ -317,12 +391,13 @@ def rule(args: argparse.Namespace, config: ServerConfig) -> int:
         command["rule"] = {
             key: getattr(args, key) for key in SPEC_KEYS if getattr(args, key) is not None
         }
-    elif args.rule_command in ("delete", "move"):
+    elif args.rule_command in ("remove", "move"):
         command["number"] = args.number
         if args.rule_command == "move":
             command["to"] = args.to
     elif args.rule_command == "renumber":
         command |= {"start": args.start, "step": args.step}
+    process.become_owner_of(config.state_dir)  # what it saves, the service must write
     try:
         result = asyncio.run(control.command(config.control_socket, "rules", command))
     except ControlError:  # no server runs: change the saved rules it will start with
@@ -378,26 +453,26 @@ def list_qoe(path: Path, device: str | None, limit: int, as_json: bool) -> int:
         reports = store.list(device, limit)
     finally:
         store.close()
+    if as_json:
+        rows = [
+            {
+                "id": r.id,
+                "received": r.received,
+                "device": r.device,
+                "vrf": r.vrf,
+                "address": r.address,
+                "report": r.report,
+            }
+            for r in reports
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
     for r in reports:
-        if as_json:
-            print(
-                json.dumps(
-                    {
-                        "id": r.id,
-                        "received": r.received,
-                        "device": r.device,
-                        "vrf": r.vrf,
-                        "address": r.address,
-                        "report": r.report,
-                    }
-                )
-            )
-        else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.received))
-            print(
-                f"{r.id:>6} {when} {r.device:<20} {r.vrf:<12} {r.address:<15} "
-                f"{json.dumps(r.report, separators=(',', ':'))}"
-            )
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.received))
+        print(
+            f"{r.id:>6} {when} {r.device:<20} {r.vrf:<12} {r.address:<15} "
+            f"{json.dumps(r.report, separators=(',', ':'))}"
+        )
     return 0
 
 
@@ -434,6 +509,7 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
             )
         if args.max_vrfs is not None and not 1 <= args.max_vrfs <= 65536:
             return process.fail(f"--max-vrfs must be 1 to 65536, not {args.max_vrfs}")
+        process.become_owner_of(config.state_dir)  # the service must write what we write
         registry = Registry(config.registry_file)
         registry.add(
             args.id,
@@ -460,6 +536,7 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
                     file=sys.stderr,
                 )
         return 0
+    process.become_owner_of(config.state_dir)
     if args.device_command == "list":
         registry = Registry(config.registry_file)
         enrolled = registry.all()
@@ -499,7 +576,14 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
             registry = Registry(config.registry_file)
             result["removed"] = registry.remove(args.id)
             registry.close()
-    print(json.dumps(result))
+    if args.device_command == "remove" and not result["removed"]:
+        return process.fail(f"no device {args.id!r} is enrolled; see overlay device list")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    done = "removed" if args.device_command == "remove" else "unbound"
+    addresses = ", ".join(result["released"]) or "no address"
+    print(f"{args.id} {done}: {result['closed']} tunnel(s) closed, released {addresses}")
     return 0
 
 

@@ -21,6 +21,10 @@ from overlay.server.qoe import Quota
 EXAMPLE = Path(__file__).with_name("example.toml")
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/overlay")
+CONTROL_SOCKET = "control.sock"
+
+
 @dataclass(frozen=True)
 class FirewallConfig:
     limits: Limits
@@ -92,7 +96,7 @@ class ServerConfig:
 
     @property
     def control_socket(self) -> Path:
-        return self.state_dir / "control.sock"
+        return self.state_dir / CONTROL_SOCKET
 
 
 def load_server_config(path: str | Path) -> ServerConfig:
@@ -126,7 +130,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
             auth.fail("password_hash", str(exc))
     elif auth.has("username"):
         auth.fail("username", "a shared username needs auth.password_hash as well")
-    state_dir = path_relative(root.path, state.string("dir", "/var/lib/overlay"))
+    state_dir = path_relative(root.path, state.string("dir", str(DEFAULT_STATE_DIR)))
     config = ServerConfig(
         host=listen.string("host", "0.0.0.0"),
         port=listen.integer("port", 443, low=1, high=65535),

@@ -27,6 +27,13 @@ class StatusCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         data = self.status()
         server, totals = data["server"], data["totals"]
+        info = GaugeMetricFamily(
+            "overlay_build_info",
+            "The server's version (the value is always 1).",
+            labels=["version"],
+        )
+        info.add_metric([server["version"]], 1)
+        yield info
         yield GaugeMetricFamily("overlay_sessions", "Open tunnels.", value=len(data["sessions"]))
         yield GaugeMetricFamily(
             "overlay_leases", "Leased overlay addresses.", value=server["leases"]

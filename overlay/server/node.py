@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from overlay import wire
+from overlay import __version__, wire
 from overlay.counters import Counters
 from overlay.server.config import ServerConfig
 from overlay.server.firewall import Firewall
@@ -93,6 +93,7 @@ class Node:
         return {
             "server": {
                 "overlay": str(config.address),
+                "version": __version__,
                 "tun": self.tun.name,
                 "listen": f"{config.host}:{config.port}{config.path}",
                 "started": self.started,

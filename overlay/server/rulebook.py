@@ -76,8 +76,8 @@ class Rulebook:
             spec = dict(command.get("rule") or {})
             number = command.get("number") or trial.next_number()
             trial.insert(make_rule(integer(number), spec, self.config.profiles))
-        elif op == "delete":
-            trial.delete(integer(command.get("number")))
+        elif op == "remove":
+            trial.remove(integer(command.get("number")))
         elif op == "move":
             trial.move(integer(command.get("number")), integer(command.get("to")))
         elif op == "renumber":

@@ -306,7 +306,7 @@ class Ruleset:
         self.rules.append(rule)
         self.rules.sort(key=lambda r: r.number)
 
-    def delete(self, number: int) -> Rule:
+    def remove(self, number: int) -> Rule:
         rule = self._find(number)
         self.rules.remove(rule)
         return rule

@@ -133,7 +133,7 @@ def test_rules_change_at_run_time_without_touching_the_tunnel(guarded: Overlay) 
     assert taken.stderr.strip().endswith("make room with overlay rule renumber")
     assert "Traceback" not in taken.stderr
 
-    assert rule(guarded, "delete", "30").returncode == 0
+    assert rule(guarded, "remove", "30").returncode == 0
     assert not connects(SRV, "169.254.1.1", 8080)
     after = session(guarded)
     assert (after["session"], after["since"]) == (tunnel["session"], tunnel["since"])

@@ -158,7 +158,6 @@ def test_capture_one_device_as_pcap(overlay: Overlay, tmp_path: Path) -> None:
             "capture",
             "--config",
             str(overlay.server_config),
-            "--device",
             device,
             "-w",
             file,

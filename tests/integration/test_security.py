@@ -181,7 +181,7 @@ def test_enrollment_own_passwords_unbind_and_remove(overlay: Overlay) -> None:
     assert (rows["dev1"]["own_password"], rows["dev2"]["own_password"]) == (False, True)
     assert rows["dev1"]["leases"] == [f"default={first['address']}"]
 
-    unbound = json.loads(overlay_cli(overlay, "device", "unbind", "dev1").stdout)
+    unbound = json.loads(overlay_cli(overlay, "device", "unbind", "dev1", "--json").stdout)
     assert unbound == {"device": "dev1", "closed": 1, "released": [first["address"]]}
     wait_log(dev1.log, "device removed or unbound on the server (4003)")
     again = wait_for(
@@ -189,8 +189,11 @@ def test_enrollment_own_passwords_unbind_and_remove(overlay: Overlay) -> None:
     )
     assert again["address"] != first["address"]
 
-    removed = json.loads(overlay_cli(overlay, "device", "remove", "dev1").stdout)
+    removed = json.loads(overlay_cli(overlay, "device", "remove", "dev1", "--json").stdout)
     assert removed["removed"] is True and removed["closed"] == 1
+    again_removed = overlay_cli(overlay, "device", "remove", "dev1")
+    assert again_removed.returncode == 1
+    assert again_removed.stderr == "error: no device 'dev1' is enrolled; see overlay device list\n"
     wait_for(
         "dev1 refused after removal",
         lambda: dev1.log.read_text().count("not enrolled, or unbound (HTTP 403)") >= 2,

@@ -154,7 +154,7 @@ def test_one_tunnel_per_vrf(vrfs: tuple[Overlay, Path]) -> None:
     assert captured("ovlt-vrfb", 0.5, lambda: ping_through("vrfb")) >= 40
 
     status = netns.run("ovlt-dev", [str(BIN / "appliance"), "status", "--config", str(config)])
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 3, status.stderr  # not every tunnel is up: vrf-l3 is refused
     assert status.stdout.count(" up ") == 2 and "refused" in status.stdout
 
 
@@ -205,3 +205,38 @@ def test_the_tun_of_a_netns_vrf_lives_in_that_namespace(vrfs: tuple[Overlay, Pat
         with in_netns(ns):
             names = [name for _, name in socket.if_nameindex()]
         assert ("ovl0" in names) is present, (ns, names)
+
+
+def test_a_vrf_whose_namespace_comes_later_waits_and_then_comes_up(overlay: Overlay) -> None:
+    """The network configuration makes the namespace after the agent started: the VRF waits
+    (status says why, and exits 3), the agent stays up, and the tunnel comes when it can."""
+    config = deploy.appliance_config(
+        overlay.root / "late",
+        "dev7",
+        ["wss://198.18.0.1/tun"],
+        overlay.ca_file,
+        PASSWORD,
+        vrf=None,
+        extra='[[vrf]]\nname = "late"\nbackend = "netns"\nnetns = "ovlt-late"\n',
+    )
+    overlay.start_server()
+    netns.create("ovlt-dev")
+    agent = deploy.start_appliance("ovlt-dev", config)
+    overlay.processes.append(agent)
+    control = config.parent / "state" / "dev7.sock"
+    waiting = wait_for("the VRF waiting", lambda: rows(control).get("late"), timeout=20)
+    assert waiting["state"] == "waiting"
+    assert "network namespace 'ovlt-late' does not exist" in waiting["last_error"]
+    status = netns.run("ovlt-dev", [str(BIN / "appliance"), "status", "--config", str(config)])
+    assert status.returncode == 3 and "waiting" in status.stdout
+    overlay.attach("late", "198.18.0.31")  # the namespace, on the underlay, a little late
+    up = wait_for(
+        "the late VRF up",
+        lambda: rows(control).get("late", {}).get("state") == "up",
+        timeout=40,
+        process=agent,
+        log=config.parent / "appliance.log",
+    )
+    assert up and agent.poll() is None
+    status = netns.run("ovlt-dev", [str(BIN / "appliance"), "status", "--config", str(config)])
+    assert status.returncode == 0, status.stdout

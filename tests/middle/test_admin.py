@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+import overlay
 from overlay.server import admin
 from overlay.server.node import Node
 
@@ -61,6 +62,8 @@ async def test_metrics_parse_with_prometheus_own_parser(
         ("unparsable", 3)
     ]
     assert families["overlay_sip_held_flows"].samples[0].value == 0
+    (build,) = families["overlay_build_info"].samples
+    assert build.labels == {"version": overlay.__version__} and build.value == 1
     tunnel_bytes = families["overlay_tunnel_bytes"].samples
     assert {s.labels["direction"] for s in tunnel_bytes if s.name.endswith("_total")} == {
         "rx",

@@ -7,6 +7,7 @@ import pytest
 
 from appliance.config import EXAMPLE as APPLIANCE_EXAMPLE
 from appliance.config import load_appliance_config
+from appliance.hooks import Hooks
 from overlay.exceptions import ConfigError
 from overlay.server.auth import hash_password
 from overlay.server.config import EXAMPLE as SERVER_EXAMPLE
@@ -272,3 +273,25 @@ def test_operator_profiles_join_the_built_in_ones(server_toml, tmp_path):
     (profiles / "broken.toml").write_text('[[entry]]\ndirection = "up"\nprotocol = "tcp"\n')
     with pytest.raises(ConfigError, match=r"broken.toml: entry\[0\]: direction 'up'"):
         load_server_config(server_toml)
+
+
+def test_hooks_are_command_lines_of_absolute_programs(appliance_toml):
+    appliance_toml.write_text(
+        appliance_toml.read_text()
+        + "\n[hooks]\nup = \"/usr/local/sbin/follow 'overlay up' --quiet\"\ntimeout = 5\n"
+    )
+    hooks = load_appliance_config(appliance_toml).hooks
+    assert hooks == Hooks(("/usr/local/sbin/follow", "overlay up", "--quiet"), (), 5.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('up = "follow --quiet"', r"hooks\.up: 'follow --quiet' must start with an absolute path"),
+        ('down = "/bin/x \'open"', r"hooks\.down: cannot split"),
+    ],
+)
+def test_bad_hooks_are_named(appliance_toml, line, message):
+    appliance_toml.write_text(appliance_toml.read_text() + f"\n[hooks]\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_appliance_config(appliance_toml)

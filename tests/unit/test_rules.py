@@ -124,9 +124,9 @@ def test_insert_move_renumber_and_delete() -> None:
     assert numbers(ruleset) == [1, 10, 15]
     ruleset.renumber()
     assert numbers(ruleset) == [10, 20, 30] and ruleset.rules[0].hits == 5
-    ruleset.delete(20)
+    ruleset.remove(20)
     with pytest.raises(RuleError, match="there is no rule 20"):
-        ruleset.delete(20)
+        ruleset.remove(20)
     assert ruleset.next_number() == 40
 
 
@@ -160,7 +160,7 @@ def test_a_refused_change_leaves_file_and_rules_alone(tmp_path: Path) -> None:
         {"op": "add", "number": 10, "rule": {"direction": "to-device"}},
         {"op": "add", "rule": {"profile": "nope"}},
         {"op": "move", "number": 99, "to": 1},
-        {"op": "delete", "number": "ten"},
+        {"op": "remove", "number": "ten"},
         {"op": "explode"},
     ):
         with pytest.raises(RuleError):
