@@ -219,7 +219,26 @@ def test_appliance_config_errors_name_the_key(appliance_toml, old, new, message)
         load_appliance_config(appliance_toml)
 
 
+def live_sample_rule(path):
+    """Uncomment the example's sample to-device rule (shipped commented out)."""
+    lines, inside = [], False
+    for line in path.read_text().splitlines():
+        inside = inside or line == "# [[firewall.rule]]"
+        if inside and not line.startswith(("# destinations", "# sip")):
+            line = line.removeprefix("# ")
+        inside = inside and not line.startswith("comment")
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_the_example_allows_nothing_beyond_its_profile(server_toml):
+    assert load_server_config(server_toml).firewall.rules == [
+        {"number": 10, "profile": "ovoc-management"}
+    ]
+
+
 def test_server_example_firewall_rules_are_numbered_in_order(server_toml):
+    live_sample_rule(server_toml)
     firewall = load_server_config(server_toml).firewall
     assert [r["number"] for r in firewall.rules] == [10, 20]
     assert firewall.rules[1]["sources"] == ["192.0.2.0/24"]
@@ -250,6 +269,7 @@ def test_without_rules_the_default_is_the_ovoc_profile(server_toml):
     ],
 )
 def test_firewall_errors_name_the_rule(server_toml, old, new, message):
+    live_sample_rule(server_toml)
     edit(server_toml, old, new)
     if message is None:
         assert load_server_config(server_toml).firewall.rules[1]["ports"] == "8443"
