@@ -197,7 +197,7 @@ def init(directory: Path, names: list[str], days: int = MAX_DAYS) -> list[Path]:
     ca = ca_of(directory, CA_FILE, CA_KEY, "overlay CA", written)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca.issue(names, key, days, ExtendedKeyUsageOID.SERVER_AUTH, now_utc())
-    write_private(key_path, private_pem(key))
+    write_private(key_path, private_pem(key), service=True)
     replace(directory / CERT_FILE, pem(cert))
     return [*written, directory / CERT_FILE, key_path]
 
@@ -221,7 +221,7 @@ def renew(directory: Path, days: int = MAX_DAYS, new_key: bool = False) -> list[
     written = []
     if new_key:
         key = ec.generate_private_key(ec.SECP256R1())
-        replace(key_path, private_pem(key), private=True)
+        replace(key_path, private_pem(key), private=True, service=True)
         written.append(key_path)
     replace(cert_path, pem(ca.issue(names, key, days, ExtendedKeyUsageOID.SERVER_AUTH, now_utc())))
     return [cert_path, *written]
@@ -336,20 +336,35 @@ def private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a private key readable by its owner only; never over an existing file."""
+def write_private(path: Path, data: bytes, service: bool = False) -> None:
+    """Write a private key readable by its owner only (and the service's group, for the
+    ``service``'s own key); never over an existing file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
+        if service:
+            share_with_group(out.fileno(), path.parent)
         out.write(data)
 
 
-def replace(path: Path, data: bytes, private: bool = False) -> None:
+def share_with_group(fd: int, directory: Path) -> None:
+    """Let the group of ``directory`` read a key root writes there, when it is a group of
+    its own: the package makes /etc/overlay root:overlay 0750, and the service, which
+    runs as overlay, must read the key that ``overlay certs`` makes for it as root."""
+    group = directory.stat().st_gid
+    if os.geteuid() == 0 and group != 0:
+        os.fchown(fd, 0, group)
+        os.fchmod(fd, 0o640)
+
+
+def replace(path: Path, data: bytes, private: bool = False, service: bool = False) -> None:
     """Write ``path`` whole through a temporary file and a rename: readers see the old
     contents or the new, never a mix."""
     temporary = path.with_name(f".{path.name}.new")
     temporary.unlink(missing_ok=True)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as out:
+        if service:
+            share_with_group(out.fileno(), path.parent)
         out.write(data)
         out.flush()
         os.fsync(out.fileno())

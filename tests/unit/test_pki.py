@@ -4,6 +4,8 @@ openssl as an operator would."""
 from __future__ import annotations
 
 import datetime
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -129,3 +131,19 @@ def test_a_certificate_of_another_ca_is_not_revoked_here(tmp_path: Path) -> None
 )
 def test_which_names_a_certificate_covers(names: list[str], wanted: str, covered: bool) -> None:
     assert covers(names, wanted) is covered
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_keys_made_in_a_service_group_directory_are_readable_by_the_group(tmp_path: Path) -> None:
+    """As /etc/overlay is root:overlay 0750 from the package: the service reads its key."""
+    directory = tmp_path / "etc-overlay"
+    directory.mkdir()
+    os.chown(directory, 0, 64123)
+    certs.init(directory, ["overlay.test"])
+    key = (directory / certs.KEY_FILE).stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (0, 64123, 0o640)
+    ca_key = (directory / certs.CA_KEY).stat()
+    assert stat.S_IMODE(ca_key.st_mode) == 0o600  # the CA's key stays root's alone
+    certs.renew(directory, 30, new_key=True)
+    key = (directory / certs.KEY_FILE).stat()
+    assert (key.st_gid, stat.S_IMODE(key.st_mode)) == (64123, 0o640)
