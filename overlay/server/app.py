@@ -157,6 +157,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             rules=len(rulebook.ruleset.rules),
             rules_from=str(config.rules_file) if rulebook.changed else "config",
         )
+        if rulebook.changed:  # an operator editing server.toml would wonder why nothing changes
+            log.warning(
+                "firewall rules come from the state, not the config",
+                rules_file=str(config.rules_file),
+                action="overlay rule list shows them; overlay rule reset returns to the config",
+            )
         # The TUN, 169.254.0.1 and every listener are up: rsyslog, chrony and a web server
         # that bind the overlay address may start now (After=overlay.service).
         systemd.notify("READY=1", f"STATUS=listening on {config.host}:{config.port}")

@@ -9,15 +9,17 @@ everything a test made is removed after it, pass or fail.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lab import deploy, netns
+from tests.integration import debian
 
 PREFIX = "ovlt-"
 SRV = "ovlt-srv"
@@ -245,3 +247,25 @@ def make_overlay(root: Path, pki: tuple[Path, Path]) -> Iterator[Overlay]:
 def overlay(tmp_path: Path, pki: tuple[Path, Path]) -> Iterator[Overlay]:
     """A fresh server namespace for one test (no processes started yet)."""
     yield from make_overlay(tmp_path, pki)
+
+
+@pytest.fixture(scope="session")
+def package() -> Path:
+    """dist/overlay_VERSION_ARCH.deb, built once per run by scripts/package."""
+    return debian.build_package()
+
+
+@pytest.fixture
+def debian_root(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Makes fresh copies of the clean Debian 12 (removed after the test)."""
+    if not (debian.CLEAN / "usr/bin/python3.11").exists():
+        pytest.skip("no clean Debian in .cache/debian-bookworm: run scripts/setup")
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(debian.copy(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for root in made:
+        shutil.rmtree(root, ignore_errors=True)

@@ -144,6 +144,7 @@ def test_run_time_rules_survive_a_restart_until_reset(guarded: Overlay) -> None:
                 "--ports", "8080").returncode == 0  # fmt: skip
     guarded.stop_server()
     guarded.start_server()
+    assert "firewall rules come from the state, not the config" in guarded.server_log.read_text()
     device = guarded.devices["dev1"]
     wait_for("tunnel back", deploy.tunnel_up(device.socket), log=device.log)
     assert "8080" in rule(guarded, "list").stdout
