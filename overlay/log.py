@@ -46,7 +46,18 @@ def _journal_line(
     )(logger, name, event)
 
 
-def configure(level: str = "info", json: bool | None = None) -> None:
+def _with_node(node: str) -> structlog.typing.Processor:
+    def add(
+        logger: structlog.typing.WrappedLogger, name: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        event.setdefault("node", node)
+        return event
+
+    return add
+
+
+def configure(level: str = "info", json: bool | None = None, node: str | None = None) -> None:
+    """Log to stderr at ``level``; with ``node``, every line says which server wrote it."""
     journal = json is None and systemd.journal_stream()
     if json is None:
         json = not journal and not sys.stderr.isatty()
@@ -63,6 +74,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([_with_node(node)] if node else []),
             structlog.processors.add_log_level,
             *stamp,
             renderer,

@@ -41,6 +41,7 @@ class SessionStatus(Traffic):
 class NodeStatus(TypedDict):
     """The server process itself."""
 
+    node: str
     version: str
     overlay: str
     tun: str

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             config = load_server_config(args.config)
-            log.configure(config.log_level)
+            log.configure(config.log_level, node=config.node)
             from overlay.server.app import serve
 
             return process.run(lambda stop: serve(config, stop))
@@ -683,7 +683,8 @@ def format_status(data: ServerStatus) -> str:
     """The operator's view: one row per session, then totals."""
     server = data["server"]
     lines = [
-        f"server {server['overlay']} on {server['tun']}, listening {server['listen']}, "
+        f"server {server['node']}: {server['overlay']} on {server['tun']}, "
+        f"listening {server['listen']}, "
         f"{len(data['sessions'])} sessions, {server['leases']} leases (pool {server['pool']})",
         "",
         f"{'DEVICE':<18} {'VRF':<10} {'ADDRESS':<15} {'PEER':<15} {'UP':>7} "

@@ -6,6 +6,8 @@ docs/configuration.md and ``overlay example-config`` show every key.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class ServerConfig:
     failure_window: float
     lockout: float
     max_vrfs: int  # VRFs (leases) per device, unless its enrolment says otherwise
+    node: str  # this server's name in logs, status and metrics (a fleet tells nodes apart)
     state_dir: Path
     log_level: str
     qoe_port: int | None
@@ -106,6 +109,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     auth = root.table("auth", required=True)
     state = root.table("state")
     logging = root.table("log")
+    node = root.table("node")
     qoe = root.table("qoe")
     admin = root.table("admin")
     firewall = root.table("firewall")
@@ -164,6 +168,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         failure_window=auth.number("failure_window", 60.0, low=1, high=86400),
         lockout=auth.number("lockout", 60.0, low=1, high=86400),
         max_vrfs=auth.integer("max_vrfs", 8, low=1, high=65536),
+        node=node_name(node),
         state_dir=state_dir,
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)
@@ -188,9 +193,25 @@ def load_server_config(path: str | Path) -> ServerConfig:
     if config.offload:
         configfile.offload_room(overlay, "max_message", config.max_message)
         configfile.offload_room(overlay, "queue_bytes", config.queue_bytes)
-    for table in (listen, overlay, auth, state, logging, qoe, admin, firewall, root):
+    for table in (listen, overlay, auth, state, logging, node, qoe, admin, firewall, root):
         table.done()
     return config
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def node_name(table: configfile.Table) -> str:
+    """``node.name``, by default the host's name (its first label, as ``hostname -s``)."""
+    if table.has("name"):
+        name = table.string("name")
+        if not NODE_NAME.fullmatch(name):
+            table.fail("name", f"{name!r} is not a node name (1-63 of A-Z a-z 0-9 . _ -)")
+        return name
+    host = socket.gethostname().split(".")[0]
+    if not NODE_NAME.fullmatch(host):
+        table.fail("name", f"the host name {host!r} does not make a node name: set node.name")
+    return host
 
 
 def firewall_config(table: configfile.Table) -> FirewallConfig:

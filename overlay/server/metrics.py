@@ -29,10 +29,10 @@ class StatusCollector(Collector):
         server, totals = data["server"], data["totals"]
         info = GaugeMetricFamily(
             "overlay_build_info",
-            "The server's version (the value is always 1).",
-            labels=["version"],
+            "The server's version and node name (the value is always 1).",
+            labels=["version", "node"],
         )
-        info.add_metric([server["version"]], 1)
+        info.add_metric([server["version"], server["node"]], 1)
         yield info
         yield GaugeMetricFamily("overlay_sessions", "Open tunnels.", value=len(data["sessions"]))
         yield GaugeMetricFamily(

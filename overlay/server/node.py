@@ -92,6 +92,7 @@ class Node:
         config = self.config
         return {
             "server": {
+                "node": config.node,
                 "overlay": str(config.address),
                 "version": __version__,
                 "tun": self.tun.name,

@@ -105,6 +105,9 @@ max_failures = 3
 [state]
 dir = "state"
 
+[node]
+name = "node-a"
+
 [qoe]
 enabled = false
 {extra}

@@ -63,7 +63,8 @@ async def test_metrics_parse_with_prometheus_own_parser(
     ]
     assert families["overlay_sip_held_flows"].samples[0].value == 0
     (build,) = families["overlay_build_info"].samples
-    assert build.labels == {"version": overlay.__version__} and build.value == 1
+    assert build.labels == {"version": overlay.__version__, "node": "node-a"}
+    assert build.value == 1
     tunnel_bytes = families["overlay_tunnel_bytes"].samples
     assert {s.labels["direction"] for s in tunnel_bytes if s.name.endswith("_total")} == {
         "rx",

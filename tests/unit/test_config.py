@@ -49,6 +49,13 @@ def test_server_example_loads_once_the_hash_is_set(server_toml):
     assert str(config.pool.first) == "169.254.1.0"
 
 
+def test_the_node_is_named_by_the_host_unless_the_config_says(server_toml, monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "overlay-2.example.net")
+    assert load_server_config(server_toml).node == "overlay-2"
+    edit(server_toml, "[node]", '[node]\nname = "fra-1"')
+    assert load_server_config(server_toml).node == "fra-1"
+
+
 def test_shipped_server_example_has_no_working_password():
     with pytest.raises(ConfigError, match=r"auth\.password_hash: password hash is not"):
         load_server_config(SERVER_EXAMPLE)
@@ -73,6 +80,7 @@ def test_shipped_server_example_has_no_working_password():
         ("[log]", "[log]\nlevl = 1", "log.levl: unknown key"),
         ('level = "info"', 'level = "loud"', "log.level: must be one of"),
         ("[listen]", "[listen\n", "not valid TOML"),
+        ("[node]", '[node]\nname = "two words"', "node.name: 'two words' is not a node name"),
     ],
 )
 def test_server_config_errors_name_the_key(server_toml, old, new, message):

@@ -38,3 +38,15 @@ def test_debug_lines_are_dropped_at_info(capsys):
     log.configure("info", json=True)
     logging.getLogger("pyroute2").debug("noise")
     assert capsys.readouterr().err == ""
+
+
+def test_every_line_names_the_node(capsys):
+    log.configure("info", json=True, node="fra-1")
+    structlog.get_logger("t").info("session open", device="SN-1", vrf="main-vrf")
+    logging.getLogger("aiohttp.server").warning("slow client")
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [(e["event"], e["node"]) for e in lines] == [
+        ("session open", "fra-1"),
+        ("slow client", "fra-1"),
+    ]
+    assert lines[0]["device"] == "SN-1" and lines[0]["vrf"] == "main-vrf"
