@@ -1,6 +1,7 @@
 """Many simulated devices speaking protocol v1, without a TUN each: for reconnect storms.
 
     python -m lab.loadgen --url URL --ca CA --password-file F --devices N [--prefix SIM]
+                          [--first K] [--addresses FILE] [--once]
 
 Each simulated device connects, reads its hello, keeps the tunnel open
 (answering pings), and when the tunnel ends reconnects as the real agent does:
@@ -11,8 +12,12 @@ program prints one JSON line per milestone on stdout:
     {"event": "down", "devices": K}                      K tunnels lost (after a restart)
     {"event": "back", "devices": N, "seconds": …, "same_addresses": true, "attempts": …}
 
-and runs until SIGTERM. Everything it connects to must be in a namespace the
-caller made (the bench runs it inside one).
+and runs until SIGTERM. Devices are named PREFIX-NNNNN from K (default 0); with
+``--addresses``, the address each device got first is written to FILE (JSON) at
+"up". With ``--once``, each device closes its tunnel after the hello and the
+program ends once all have had one. Two generators with overlapping ranges make
+devices that reach two nodes of a fleet at once. Everything it connects to must
+be in a namespace the caller made (the bench runs it inside one).
 
 The devices speak the WebSocket handshake and frames themselves (:class:`Tunnel`)
 rather than through aiohttp's client: the generator shares the server's two
@@ -193,6 +198,9 @@ class Fleet:
                     )
                     hello = await asyncio.wait_for(tunnel.hello, 10)
                 self.arrived(index, hello.address)
+                if self.args.once:
+                    tunnel.transport.close()
+                    return
                 delays = backoff(self.args.min_delay, self.args.max_delay)
                 code = await tunnel.closed
             except (OSError, TimeoutError, HelloError, UpgradeError):
@@ -209,6 +217,9 @@ class Fleet:
         count = len(self.connected)
         if count == self.args.devices:
             if self.lost_at is None:
+                if self.args.addresses:
+                    names = {f"{self.args.prefix}-{i:05d}": a for i, a in self.first.items()}
+                    Path(self.args.addresses).write_text(json.dumps(names))
                 self.say(
                     "up",
                     devices=count,
@@ -241,8 +252,13 @@ async def main(args: argparse.Namespace) -> None:
     fleet = Fleet(args)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    tasks = [asyncio.create_task(fleet.device(n)) for n in range(args.devices)]
-    await stop.wait()
+    first = args.first
+    tasks = [asyncio.create_task(fleet.device(n)) for n in range(first, first + args.devices)]
+    stopped = asyncio.create_task(stop.wait())
+    if args.once:  # done when every device has had its hello
+        await asyncio.wait([stopped, asyncio.gather(*tasks)], return_when="FIRST_COMPLETED")
+    else:
+        await stopped
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -259,6 +275,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password-file", required=True)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--prefix", default="SIM")
+    parser.add_argument("--first", type=int, default=0, help="number of the first device")
+    parser.add_argument("--addresses", help="write each device's first address here at up")
+    parser.add_argument(
+        "--once", action="store_true", help="close each tunnel after its hello; end after all"
+    )
     parser.add_argument("--concurrency", type=int, default=256, help="handshakes under way at once")
     parser.add_argument("--min-delay", type=float, default=1.0)
     parser.add_argument("--max-delay", type=float, default=60.0)

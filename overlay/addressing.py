@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import random
 from collections.abc import Container
 from dataclasses import dataclass, field
 
@@ -75,6 +76,10 @@ class AddressPool:
         """How many addresses of the range may be leased."""
         base = int(self.first)
         return sum(is_assignable(ipaddress.IPv4Address(base + n)) for n in range(self._size))
+
+    def random(self) -> ipaddress.IPv4Address:
+        """Any address of the range: where two nodes that collided search apart."""
+        return ipaddress.IPv4Address(int(self.first) + random.randrange(self._size))
 
     def allocate(
         self, taken: Container[ipaddress.IPv4Address], after: ipaddress.IPv4Address | None = None

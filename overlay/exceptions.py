@@ -8,6 +8,7 @@ Tree::
     ├── HelloError           the hello message is missing, malformed or of another version
     ├── PoolExhaustedError   no free overlay address is left in the pool
     ├── StoreError           a store (leases, QoE reports) cannot be opened, read or written
+    ├── VrfLimitError        a device would hold more VRFs than it may
     ├── TunError (OSError)   a TUN device cannot be created or configured
     ├── ControlError         the local control socket of a running process cannot be reached
     └── CommandError         a running process refused a command; the message says why
@@ -40,6 +41,14 @@ class PoolExhaustedError(OverlayError):
 
 class StoreError(OverlayError):
     """A store (leases, QoE reports) cannot be opened, read or written."""
+
+
+class VrfLimitError(OverlayError):
+    """A device asked for a lease in one VRF more than its enrolment allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the device holds its limit of {limit} VRFs")
+        self.limit = limit
 
 
 class TunError(OverlayError, OSError):

@@ -38,6 +38,13 @@ class SessionStatus(Traffic):
     flows: int
 
 
+class StoreStatus(TypedDict):
+    backend: str  # sqlite or postgresql
+    up: bool  # whether the last request to the store succeeded
+    races: int  # new leases another node won first (a (device, VRF) or an address)
+    outages: int  # times the store became unreachable
+
+
 class NodeStatus(TypedDict):
     """The server process itself."""
 
@@ -53,6 +60,8 @@ class NodeStatus(TypedDict):
     pending: int
     handshakes: int
     enrolled: int
+    store: StoreStatus
+    taken_over: int  # tunnels closed for a newer one of their (device, VRF) on another node
 
 
 class LeaseStatus(TypedDict):
@@ -126,6 +135,18 @@ class ServerStatus(TypedDict):
     firewall: FirewallStatus
     certificate: CertificateStatus | None
     flows: NotRequired[list[FlowStatus]]  # only in one device's view (overlay status DEVICE)
+    fleet: NotRequired[list[FleetTunnel]]  # only with a shared store: every node's tunnels
+
+
+class FleetTunnel(TypedDict):
+    """A tunnel of the fleet, as the store records it (``overlay status`` with PostgreSQL)."""
+
+    device: str
+    vrf: str
+    node: str
+    session: str
+    since: float
+    seen_ago: float  # seconds since its node last kept it alive
 
 
 class TunnelStatus(Traffic):

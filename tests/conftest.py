@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from lab import postgres as pg
 from overlay import certs
 from overlay.server.certificate import tls_context
 
@@ -36,3 +39,30 @@ def server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         client_crl_file=None,
     )
     return tls_context(config), ssl.create_default_context(cafile=tmp_path / certs.CA_FILE)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Cluster]:
+    """A throwaway PostgreSQL cluster on a Unix socket, for the tests' whole session."""
+    if pg.bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed, and CI must test the fleet store with it")
+        pytest.skip("PostgreSQL is not installed: scripts/setup installs it")
+    cluster = pg.Cluster(Path(f"/tmp/ovl-test-postgres-{os.getuid()}"))
+    cluster.remove()  # what a killed run left
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: pg.Cluster) -> str:
+    """The URL of a fresh database of the test's own."""
+    name = f"test_{next(_databases)}"
+    postgres.create_database(name)
+    return postgres.url(name)

@@ -27,13 +27,13 @@ from overlay.server.capture import capture_handler
 from overlay.server.certificate import ServerCertificate, day
 from overlay.server.config import ServerConfig
 from overlay.server.endpoint import Endpoint
-from overlay.server.leases import LeaseStore
+from overlay.server.fleet import Fleet
 from overlay.server.listener import listen, listen_for_tunnels
 from overlay.server.node import Node
+from overlay.server.postgres import PostgresStore
 from overlay.server.qoe import MAX_REPORT, Collector, ReportWriter
-from overlay.server.registry import Registry
 from overlay.server.rulebook import Rulebook
-from overlay.server.sqlite import GroupCommit
+from overlay.server.store import Store, open_store
 from overlay.tun import Tun
 
 log = structlog.get_logger("overlay.server")
@@ -48,9 +48,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     rulebook = Rulebook(config.firewall, config.rules_file)
     async with contextlib.AsyncExitStack() as stack:
-        commits = GroupCommit()
-        store = LeaseStore(config.lease_file, config.pool, commits)
-        stack.callback(store.close)
+        store = await open_store(config)
+        stack.push_async_callback(store.close)
         tun = Tun.create(config.tun_name)
         stack.callback(tun.close)
         await tun.configure(config.interface, config.mtu)
@@ -78,10 +77,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             )
             stack.callback(qoe.close)
 
-        registry = Registry(config.registry_file, commits)
-        stack.callback(registry.close)
-        stack.callback(commits.flush)  # before the stores close
-        node = Node(config, store, registry, commits, tun, collector, rulebook, certificate.status)
+        node = Node(config, store, tun, collector, rulebook, certificate.status)
+        if isinstance(store, PostgresStore):  # a fleet: one live tunnel per (device, VRF)
+            fleet = Fleet(store, config.node, config.tunnel_ttl, node.live, node.newer_elsewhere)
+            await fleet.start()
+            stack.push_async_callback(fleet.close)  # after the sessions' close: rows go last
+            node.fleet = fleet
         # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
         endpoint = Endpoint(node)
         stack.callback(endpoint.close)
@@ -151,6 +152,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             overlay=str(config.address),
             tun=tun.name,
             leases=len(store),
+            store=store.status()["backend"],
             qoe=config.qoe_port,
             certificate=certificate.current.serial,
             certificate_expires=day(certificate.current.not_after),
@@ -194,7 +196,7 @@ async def refuse_weak_password(config: ServerConfig) -> None:
     )
 
 
-def lease_owner(store: LeaseStore, address: ipaddress.IPv4Address) -> tuple[str, str] | None:
+def lease_owner(store: Store, address: ipaddress.IPv4Address) -> tuple[str, str] | None:
     lease = store.owner(address)
     return (lease.device, lease.vrf) if lease is not None else None
 

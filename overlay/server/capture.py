@@ -24,8 +24,8 @@ from aiohttp import web
 
 from overlay import pcap
 from overlay.control import Handler
-from overlay.server.leases import LeaseStore
 from overlay.server.router import Router
+from overlay.server.store import Store
 
 QUEUE_BYTES = 16 << 20
 
@@ -56,7 +56,7 @@ class Tap:
         return stamp, packet
 
 
-def capture_handler(router: Router[Any], store: LeaseStore) -> Handler:
+def capture_handler(router: Router[Any], store: Store) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         device = request.query.get("device")
         addresses = None

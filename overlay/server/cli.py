@@ -28,13 +28,14 @@ import secrets
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from overlay import __version__, certs, control, identity, log, process, wire
-from overlay.exceptions import CommandError, ConfigError, ControlError, OverlayError
+from overlay.exceptions import CommandError, ConfigError, ControlError, OverlayError, StoreError
 from overlay.server import auth, certificate, snmp
 from overlay.server.certificate import day
 from overlay.server.config import (
@@ -44,15 +45,19 @@ from overlay.server.config import (
     ServerConfig,
     load_server_config,
 )
-from overlay.server.leases import LeaseStore, read_leases
+from overlay.server.fleet import fleet_tunnels
+from overlay.server.leases import Lease
+from overlay.server.postgres import PostgresStore
 from overlay.server.qoe import ReportStore
-from overlay.server.registry import Registry
+from overlay.server.registry import Enrollment
 from overlay.server.rulebook import Rulebook
 from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
 from overlay.server.sip import MODES as SIP_MODES
-from overlay.status import FlowStatus, ServerStatus, server_status
+from overlay.server.store import Store, open_store
+from overlay.status import FleetTunnel, FlowStatus, ServerStatus, server_status
 from overlay.text import counts, duration
 
+T = TypeVar("T")
 MIN_PASSWORD = 8
 
 
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             socket = running_server(args.config)
             data = server_status(asyncio.run(control.fetch_status(socket)))
+            fleet = fleet_view(args.config)
+            if fleet is not None:
+                data["fleet"] = fleet
             if args.device is not None:
                 data = only_device(data, args.device)
                 if not data["sessions"] and not data["leases"]:
@@ -510,14 +518,15 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
         if args.max_vrfs is not None and not 1 <= args.max_vrfs <= 65536:
             return process.fail(f"--max-vrfs must be 1 to 65536, not {args.max_vrfs}")
         process.become_owner_of(config.state_dir)  # the service must write what we write
-        registry = Registry(config.registry_file)
-        registry.add(
-            args.id,
-            auth.hash_password(password) if password else None,
-            args.require_cert,
-            args.max_vrfs,
+        password_hash = auth.hash_password(password) if password else None
+        asyncio.run(
+            with_store(
+                config,
+                lambda store: store.enroll(
+                    args.id, password_hash, args.require_cert, args.max_vrfs
+                ),
+            )
         )
-        registry.close()
         if args.generate:
             print(
                 f"{args.id} enrolled; its password (shown once, give it to the device, which "
@@ -538,10 +547,7 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
         return 0
     process.become_owner_of(config.state_dir)
     if args.device_command == "list":
-        registry = Registry(config.registry_file)
-        enrolled = registry.all()
-        registry.close()
-        leases = read_leases(config.lease_file)
+        enrolled, leases = asyncio.run(with_store(config, enrollments_and_leases))
         rows: list[dict[str, Any]] = [
             {
                 "device": e.device,
@@ -567,15 +573,10 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
         return 0
     try:
         result = asyncio.run(control.act(config.control_socket, args.device_command, args.id))
-    except ControlError:  # no server runs: edit the files
-        store = LeaseStore(config.lease_file, config.pool)
-        released = [str(lease.address) for lease in store.release(args.id)]
-        store.close()
-        result = {"device": args.id, "closed": 0, "released": released}
-        if args.device_command == "remove":
-            registry = Registry(config.registry_file)
-            result["removed"] = registry.remove(args.id)
-            registry.close()
+    except ControlError:  # no server runs here: change the store itself
+        result = asyncio.run(
+            with_store(config, lambda store: unbind(store, args.id, args.device_command))
+        )
     if args.device_command == "remove" and not result["removed"]:
         return process.fail(f"no device {args.id!r} is enrolled; see overlay device list")
     if args.json:
@@ -585,6 +586,50 @@ def devices(args: argparse.Namespace, config: ServerConfig) -> int:
     addresses = ", ".join(result["released"]) or "no address"
     print(f"{args.id} {done}: {result['closed']} tunnel(s) closed, released {addresses}")
     return 0
+
+
+def fleet_view(path: Path) -> list[FleetTunnel] | None:
+    """Every tunnel of the fleet with the node that holds it, when the server shares a
+    PostgreSQL store (None otherwise, or with a warning when it cannot be read)."""
+    try:
+        config = load_server_config(path)
+    except ConfigError:
+        return None  # running_server warned already
+    if config.store_url is None:
+        return None
+
+    async def read(store: Store) -> list[FleetTunnel]:
+        assert isinstance(store, PostgresStore)
+        return await fleet_tunnels(store)
+
+    try:
+        return asyncio.run(with_store(config, read))
+    except StoreError as exc:
+        print(f"warning: the fleet's tunnels are not shown: {exc}", file=sys.stderr)
+        return None
+
+
+async def with_store(config: ServerConfig, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` on the store ``config`` names, closing it after."""
+    store = await open_store(config)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+async def enrollments_and_leases(store: Store) -> tuple[list[Enrollment], list[Lease]]:
+    return await store.enrollments(), store.all()
+
+
+async def unbind(store: Store, device: str, command: str) -> dict[str, Any]:
+    """``device unbind|remove`` with no server running here: release the leases (and take
+    the device out of the registry)."""
+    released = [str(lease.address) for lease in await store.release(device)]
+    result: dict[str, Any] = {"device": device, "closed": 0, "released": released}
+    if command == "remove":
+        result["removed"] = await store.unenroll(device)
+    return result
 
 
 async def capture(
@@ -674,6 +719,11 @@ def only_device(data: ServerStatus, device: str) -> ServerStatus:
     return data | {
         "sessions": sessions,
         "leases": [lease for lease in data["leases"] if lease["device"] == device],
+        **(
+            {"fleet": [t for t in data["fleet"] if t["device"] == device]}
+            if "fleet" in data
+            else {}
+        ),
         "drops": dict(drops),
         "refusals": {},
     }
@@ -711,6 +761,25 @@ def format_status(data: ServerStatus) -> str:
         )
     )
     lines.append("drops: " + counts(data["drops"]))
+    store = server.get("store")
+    if store is not None and "flows" not in data:
+        lines.append(
+            f"store: {store['backend']} {'up' if store['up'] else 'UNAVAILABLE'}, "
+            f"{server['enrolled']} devices enrolled"
+            + (f", {store['races']} lease races" if store["races"] else "")
+        )
+    if "fleet" in data:
+        held = Counter(t["node"] for t in data["fleet"])
+        lines.append(
+            f"fleet: {len(data['fleet'])} tunnels; "
+            + (", ".join(f"{node} {count}" for node, count in sorted(held.items())) or "none")
+        )
+        if "flows" in data:  # one device: where each of its tunnels is
+            lines += [
+                f"  {t['vrf']} on {t['node']} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t['since']))}"
+                for t in data["fleet"]
+            ]
     if "flows" not in data:  # the whole server (one device's view lists its flows last)
         firewall = data["firewall"]
         lines.append(

@@ -65,7 +65,10 @@ class ServerConfig:
     lockout: float
     max_vrfs: int  # VRFs (leases) per device, unless its enrolment says otherwise
     node: str  # this server's name in logs, status and metrics (a fleet tells nodes apart)
+    tunnel_ttl: float  # seconds after which a silent node's tunnel rows expire (a fleet)
     state_dir: Path
+    store_url: str | None  # a PostgreSQL URL (libpq's); None: SQLite files in state_dir
+    store_password_file: Path | None  # the store's password, when PGPASSFILE does not give it
     log_level: str
     qoe_port: int | None
     qoe_quota: Quota
@@ -108,6 +111,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     overlay = root.table("overlay")
     auth = root.table("auth", required=True)
     state = root.table("state")
+    store = root.table("store")
     logging = root.table("log")
     node = root.table("node")
     qoe = root.table("qoe")
@@ -169,7 +173,10 @@ def load_server_config(path: str | Path) -> ServerConfig:
         lockout=auth.number("lockout", 60.0, low=1, high=86400),
         max_vrfs=auth.integer("max_vrfs", 8, low=1, high=65536),
         node=node_name(node),
+        tunnel_ttl=node.number("tunnel_ttl", 30.0, low=3, high=3600),
         state_dir=state_dir,
+        store_url=store_url(store),
+        store_password_file=store.optional_file("password_file"),
         log_level=logging.choice("level", log.LEVELS, "info"),
         qoe_port=qoe.integer("port", 5001, low=1, high=65535)
         if qoe.flag("enabled", True)
@@ -193,9 +200,33 @@ def load_server_config(path: str | Path) -> ServerConfig:
     if config.offload:
         configfile.offload_room(overlay, "max_message", config.max_message)
         configfile.offload_room(overlay, "queue_bytes", config.queue_bytes)
-    for table in (listen, overlay, auth, state, logging, node, qoe, admin, firewall, root):
+    if config.store_password_file is not None and config.store_url is None:
+        store.fail("password_file", "a password is for a PostgreSQL store: set store.url too")
+    for table in (listen, overlay, auth, state, store, logging, node, qoe, admin, firewall, root):
         table.done()
     return config
+
+
+def store_url(table: configfile.Table) -> str | None:
+    """``store.url``: unset or ``sqlite:`` (the state directory's files), or a libpq URL
+    without a password (a URL is seen in ``ps``, logs and shell history)."""
+    url = table.string("url", "sqlite:")
+    if url == "sqlite:":
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        table.fail("url", f"{url!r} is neither sqlite: nor a postgresql:// URL")
+    from psycopg.conninfo import conninfo_to_dict  # libpq parses it, as it will connect
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg.ProgrammingError: libpq's message
+        table.fail("url", f"not a PostgreSQL URL: {str(exc).strip().splitlines()[0]}")
+    if "password" in parts:
+        table.fail(
+            "url",
+            "has a password: put it in store.password_file or in a PGPASSFILE, not in the URL",
+        )
+    return url
 
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

@@ -35,7 +35,7 @@ from aiohttp import web
 from overlay import bridge, identity, wire
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
-from overlay.exceptions import PoolExhaustedError, StoreError
+from overlay.exceptions import PoolExhaustedError, StoreError, VrfLimitError
 from overlay.server.auth import Checker, Credentials, PasswordHash, hash_password
 from overlay.server.budget import TokenBucket
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
@@ -59,6 +59,12 @@ SCRYPT_WAITING = 64  # checks that may wait for a thread; more are refused (auth
 # takes its tunnel over once; two that claim one id would take it from each other forever.
 TAKEOVER_RATE, TAKEOVER_BURST = 1 / 60, 3
 LOG_EVERY = 1.0  # seconds between two log lines of one kind of refusal
+# A device this node has not seen while the store is unreachable: neither its enrolment
+# nor a new lease can be had; the store's client reconnects in the background.
+STORE_UNAVAILABLE = Refusal(
+    503, "store-unavailable", "the server cannot reach its store; try later"
+)
+RETRY_STORE = 5  # seconds
 # Every credential refusal says the same, whatever was wrong (the counters say what was).
 BAD_CREDENTIALS = "bad username, password or client certificate"
 
@@ -203,12 +209,16 @@ class Endpoint:
             if not turn.users:  # nobody holds it or waits for it: forget the source
                 del self._turns[source]
 
-    def _accepted_before(self, request: web.Request) -> bool:
+    async def _accepted_before(self, request: web.Request) -> bool:
         """Whether the request carries credentials this server accepted before."""
         checked = check_request(request.headers)
         if isinstance(checked, Refusal):
             return False
-        expected = self.expected(self.node.registry.get(checked.device))
+        try:
+            enrollment = await self.node.store.enrollment(checked.device)
+        except StoreError:
+            return False
+        expected = self.expected(enrollment)
         return expected is not None and self.checker.remembered(
             self.checker.token(expected, checked.username, checked.password)
         )
@@ -223,7 +233,7 @@ class Endpoint:
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         node, source, now = self.node, request.remote or "?", time.monotonic()
         wait = self.limiter.retry_after(source, now)
-        if wait > 0 and not self._accepted_before(request):
+        if wait > 0 and not await self._accepted_before(request):
             node.refusals["rate-limited"] += 1
             return web.Response(
                 status=429,
@@ -233,7 +243,10 @@ class Endpoint:
         checked = check_request(request.headers)
         if isinstance(checked, Refusal):
             return self._refuse(request, checked, request.headers.get(wire.HEADER_DEVICE, ""))
-        enrollment = node.registry.get(checked.device)
+        try:
+            enrollment = await node.store.enrollment(checked.device)
+        except StoreError:  # and this node has not seen the device: it cannot be checked
+            return self._refuse(request, STORE_UNAVAILABLE, checked.device, retry_after=RETRY_STORE)
         # No oracle: whether the id is enrolled, and whether it needs a certificate, shows
         # only after valid credentials; until then every refusal is the same 401, after
         # the same scrypt (against a password nobody has, when there is nothing to check).
@@ -264,17 +277,6 @@ class Endpoint:
             return self._refuse(
                 request, Refusal(403, "not-enrolled", "device not enrolled"), checked.device
             )
-        cap = self.config.max_vrfs if enrollment is None else enrollment.max_vrfs
-        cap = self.config.max_vrfs if cap is None else cap
-        if (
-            not node.store.holds(checked.device, checked.vrf)
-            and node.store.vrfs(checked.device) >= cap
-        ):
-            return self._refuse(
-                request,
-                Refusal(403, "vrf-limit", f"the device holds its limit of {cap} VRFs"),
-                checked.device,
-            )
         key = (checked.device, checked.vrf)
         if key in node.router.by_key:
             bucket = self._takeovers.setdefault(
@@ -287,19 +289,29 @@ class Endpoint:
                     checked.device,
                     retry_after=math.ceil(1 / TAKEOVER_RATE),
                 )
-        try:
-            if enrollment is None:
-                node.registry.add(checked.device, None)
-            lease = node.store.lease(checked.device, checked.vrf)
-            await node.commits.wait()  # durable before the hello announces it
+        cap = self.config.max_vrfs if enrollment is None else enrollment.max_vrfs
+        try:  # durable before the hello announces it
+            lease = await node.store.lease(
+                checked.device,
+                checked.vrf,
+                self.config.max_vrfs if cap is None else cap,
+                enroll=enrollment is None,
+            )
+        except VrfLimitError as exc:
+            return self._refuse(request, Refusal(403, "vrf-limit", str(exc)), checked.device)
         except PoolExhaustedError as exc:
             return self._refuse(request, Refusal(503, "pool-exhausted", str(exc)), checked.device)
         except StoreError as exc:
+            if not node.store.up:  # the store logged the outage once
+                return self._refuse(
+                    request, STORE_UNAVAILABLE, checked.device, retry_after=RETRY_STORE
+                )
             log.error("cannot store the enrolment or lease", device=checked.device, error=str(exc))
             return self._refuse(
                 request,
                 Refusal(503, "store-error", "the server cannot store the lease; try later"),
                 checked.device,
+                retry_after=RETRY_STORE,
             )
         if enrollment is None:
             log.info("device enrolled automatically", device=checked.device, peer=source)

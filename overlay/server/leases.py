@@ -14,12 +14,13 @@ import ipaddress
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.addressing import AddressPool
 from overlay.exceptions import StoreError
-from overlay.server.sqlite import GroupCommit, connect, connect_readonly
+from overlay.server.sqlite import GroupCommit, connect
 
 MIGRATIONS = [  # a store written before schema versions has version 0 and the table already
     """
@@ -42,32 +43,21 @@ class Lease:
     created: float
 
 
-class LeaseStore:
-    """The lease table of one server."""
+class LeaseTable:
+    """The leases a server knows, in memory: lookups on the handshake path cost no I/O."""
 
-    def __init__(self, path: Path, pool: AddressPool, batch: GroupCommit | None = None) -> None:
-        self.path = path
+    def __init__(self, pool: AddressPool) -> None:
         self.pool = pool
-        self.batch = batch  # None: every new lease is committed at once
-        self._db = connect(path, "lease store", MIGRATIONS)
-        try:
-            rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read lease store {path}: {exc}") from None
         self._by_key: dict[tuple[str, str], Lease] = {}
         self._by_address: dict[ipaddress.IPv4Address, Lease] = {}
-        self._last: ipaddress.IPv4Address | None = None
         self._vrfs: Counter[str] = Counter()  # leases by device
-        for device, vrf, address, created in rows:
-            lease = Lease(device, vrf, ipaddress.IPv4Address(address), created)
-            self._by_key[(device, vrf)] = lease
-            self._by_address[lease.address] = lease
-            self._vrfs[device] += 1
-            if self._last is None or lease.address > self._last:
-                self._last = lease.address
+        self.last: ipaddress.IPv4Address | None = None  # where the next search starts
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    def get(self, device: str, vrf: str) -> Lease | None:
+        return self._by_key.get((device, vrf))
 
     def holds(self, device: str, vrf: str) -> bool:
         """Whether (device, VRF) has its lease already."""
@@ -81,45 +71,109 @@ class LeaseStore:
         """The lease holding ``address``, if any."""
         return self._by_address.get(address)
 
+    def taken(self, address: ipaddress.IPv4Address) -> bool:
+        return address in self._by_address
+
+    def free(
+        self,
+        also_taken: Container[ipaddress.IPv4Address] = (),
+        after: ipaddress.IPv4Address | None = None,
+    ) -> ipaddress.IPv4Address:
+        """The first address past ``after`` (by default the last one handed out) that
+        neither the table nor ``also_taken`` holds; PoolExhaustedError if none."""
+        return self.pool.allocate(_Either(self._by_address, also_taken), after or self.last)
+
+    def add(self, lease: Lease) -> None:
+        """Know ``lease`` (replacing what the table held for its key or its address)."""
+        self.forget(lease.device, lease.vrf)
+        stale = self._by_address.get(lease.address)
+        if stale is not None:
+            self.forget(stale.device, stale.vrf)
+        self._by_key[(lease.device, lease.vrf)] = lease
+        self._by_address[lease.address] = lease
+        self._vrfs[lease.device] += 1
+        if self.last is None or lease.address > self.last:
+            self.last = lease.address
+
+    def forget(self, device: str, vrf: str) -> Lease | None:
+        lease = self._by_key.pop((device, vrf), None)
+        if lease is not None:
+            del self._by_address[lease.address]
+            self._vrfs[device] -= 1
+            if not self._vrfs[device]:
+                del self._vrfs[device]
+        return lease
+
+    def of(self, device: str) -> list[Lease]:
+        """Every lease of ``device`` (one per VRF)."""
+        return [lease for key, lease in self._by_key.items() if key[0] == device]
+
+    def all(self) -> list[Lease]:
+        return sorted(self._by_key.values(), key=lambda lease: lease.address)
+
+
+class _Either:
+    """Addresses in either of two containers, without copying them."""
+
+    def __init__(
+        self, first: Container[ipaddress.IPv4Address], second: Container[ipaddress.IPv4Address]
+    ) -> None:
+        self.first, self.second = first, second
+
+    def __contains__(self, address: object) -> bool:
+        return address in self.first or address in self.second
+
+
+class LeaseStore:
+    """The lease table of one server, in SQLite."""
+
+    def __init__(self, path: Path, pool: AddressPool, batch: GroupCommit | None = None) -> None:
+        self.path = path
+        self.pool = pool
+        self.batch = batch  # None: every new lease is committed at once
+        self._db = connect(path, "lease store", MIGRATIONS)
+        try:
+            rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read lease store {path}: {exc}") from None
+        self.table = LeaseTable(pool)
+        for device, vrf, address, created in rows:
+            self.table.add(Lease(device, vrf, ipaddress.IPv4Address(address), created))
+
     def lease(self, device: str, vrf: str) -> Lease:
         """Return the lease of (device, VRF), creating and storing it on first sight.
 
         Raises :class:`PoolExhaustedError` when the pool has no free address. With
         a :class:`GroupCommit`, a new lease is durable once its ``wait()`` returns.
         """
-        existing = self._by_key.get((device, vrf))
+        existing = self.table.get(device, vrf)
         if existing is not None:
             return existing
-        address = self.pool.allocate(self._by_address.keys(), after=self._last)
-        lease = Lease(device, vrf, address, time.time())
-        last = self._last
+        lease = Lease(device, vrf, self.table.free(), time.time())
+        last = self.table.last
         if self.batch is not None:
             self.batch.begin(self._db)
         try:
             self._db.execute(
                 "INSERT INTO leases (device, vrf, address, created) VALUES (?, ?, ?, ?)",
-                (device, vrf, str(address), lease.created),
+                (device, vrf, str(lease.address), lease.created),
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
-        self._by_key[(device, vrf)] = lease
-        self._by_address[address] = lease
-        self._vrfs[device] += 1
-        self._last = address
+        self.table.add(lease)
+        self.table.last = lease.address
         if self.batch is not None:
             self.batch.undo(self._db, lambda: self._forget(lease, last))
         return lease
 
     def _forget(self, lease: Lease, last: ipaddress.IPv4Address | None) -> None:
         """Take back a lease whose commit failed."""
-        del self._by_key[(lease.device, lease.vrf)]
-        del self._by_address[lease.address]
-        self._vrfs[lease.device] -= 1
-        self._last = last
+        self.table.forget(lease.device, lease.vrf)
+        self.table.last = last
 
     def release(self, device: str) -> list[Lease]:
         """Give up every lease of ``device`` (all its VRFs); return them."""
-        released = [lease for key, lease in self._by_key.items() if key[0] == device]
+        released = self.table.of(device)
         if self.batch is not None:
             self.batch.flush()
         try:
@@ -127,27 +181,8 @@ class LeaseStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release leases in {self.path}: {exc}") from None
         for lease in released:
-            del self._by_key[(lease.device, lease.vrf)]
-            del self._by_address[lease.address]
-        self._vrfs.pop(device, None)
+            self.table.forget(lease.device, lease.vrf)
         return released
-
-    def all(self) -> list[Lease]:
-        return sorted(self._by_key.values(), key=lambda lease: lease.address)
 
     def close(self) -> None:
         self._db.close()
-
-
-def read_leases(path: Path) -> list[Lease]:
-    """Every lease in the store at ``path``, read only (a running server may hold it)."""
-    if not path.exists():
-        return []
-    db = connect_readonly(path, "lease store")
-    try:
-        rows = db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read lease store {path}: {exc}") from None
-    finally:
-        db.close()
-    return [Lease(d, v, ipaddress.IPv4Address(a), c) for d, v, a, c in rows]

@@ -49,6 +49,27 @@ class StatusCollector(Collector):
         yield GaugeMetricFamily(
             "overlay_enrolled_devices", "Devices in the registry.", value=server["enrolled"]
         )
+        store = server["store"]
+        yield GaugeMetricFamily(
+            "overlay_store_up",
+            f"Whether the last request to the store ({store['backend']}) succeeded.",
+            value=int(store["up"]),
+        )
+        yield CounterMetricFamily(
+            "overlay_store_lease_races",
+            "New leases another node of the fleet won first (retried with another address).",
+            value=store["races"],
+        )
+        yield CounterMetricFamily(
+            "overlay_store_outages",
+            "Times the store became unreachable (each logged once).",
+            value=store["outages"],
+        )
+        yield CounterMetricFamily(
+            "overlay_tunnels_taken_over",
+            "Tunnels closed (4001) because their device opened a newer one on another node.",
+            value=server["taken_over"],
+        )
         handshakes = CounterMetricFamily(
             "overlay_handshakes", "Tunnels opened.", value=server["handshakes"]
         )

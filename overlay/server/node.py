@@ -19,15 +19,14 @@ from overlay import __version__, wire
 from overlay.counters import Counters
 from overlay.server.config import ServerConfig
 from overlay.server.firewall import Firewall
+from overlay.server.fleet import Fleet, Tunnel
 from overlay.server.gate import Gate
-from overlay.server.leases import LeaseStore
 from overlay.server.policy import Policy
 from overlay.server.qoe import Collector
-from overlay.server.registry import Registry
 from overlay.server.router import Router
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
-from overlay.server.sqlite import GroupCommit
+from overlay.server.store import Store
 from overlay.status import CertificateStatus, FlowStatus, ServerStatus, SessionStatus
 from overlay.tun import TunDevice
 
@@ -40,9 +39,7 @@ class Node:
     def __init__(
         self,
         config: ServerConfig,
-        store: LeaseStore,
-        registry: Registry,
-        commits: GroupCommit,
+        store: Store,
         tun: TunDevice,
         collector: Collector | None,
         rulebook: Rulebook,
@@ -50,8 +47,6 @@ class Node:
     ) -> None:
         self.config = config
         self.store = store
-        self.registry = registry
-        self.commits = commits
         self.tun = tun
         self.collector = collector
         self.rulebook = rulebook
@@ -65,18 +60,42 @@ class Node:
         self.started = time.time()
         self.handshakes = 0
         self._sessions: set[ServerSession] = set()
+        self.fleet: Fleet | None = None  # with a PostgreSQL store: the fleet's tunnel table
+        self.taken_over = 0  # tunnels closed for a newer one on another node
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = Counters()  # what sessions that have ended carried and dropped
 
     def opened(self, session: ServerSession) -> ServerSession | None:
         """A new session carries its (device, VRF) from now on; return the one it replaces."""
         self.handshakes += 1
         self._sessions.add(session)
+        if self.fleet is not None:
+            self.fleet.claim(tunnel(session))
         return self.router.attach(session)
 
     def ended(self, session: ServerSession) -> None:
         self.router.detach(session)
         self._sessions.discard(session)
         self._closed.merge(session.counters)
+        if self.fleet is not None:
+            self.fleet.drop(tunnel(session))
+
+    def live(self) -> list[Tunnel]:
+        """The tunnels this node carries now, for the fleet's table."""
+        return [tunnel(session) for session in self.router.by_key.values()]
+
+    def newer_elsewhere(self, device: str, vrf: str, node: str, since: float) -> None:
+        """A newer tunnel of (device, VRF) opened on ``node``: close ours with 4001."""
+        session = self.router.by_key.get((device, vrf))
+        if session is None or session.since >= since:
+            return
+        self.taken_over += 1
+        log.info("tunnel taken over on another node", device=device, vrf=vrf, by=node)
+        task = asyncio.create_task(
+            session.close(wire.CloseCode.REPLACED, f"replaced by a newer session on {node}")
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def status(self) -> ServerStatus:
         totals = Counters()
@@ -103,7 +122,9 @@ class Node:
                 "pool_size": config.pool.capacity,
                 "pending": self.gate.pending,
                 "handshakes": self.handshakes,
-                "enrolled": self.registry.count(),
+                "enrolled": self.store.enrolled(),
+                "store": self.store.status(),
+                "taken_over": self.taken_over,
             },
             "sessions": sorted(sessions, key=lambda s: s["address"]),
             "leases": [
@@ -166,7 +187,7 @@ class Node:
             *(s.close(wire.CloseCode.REMOVED, "device unbound") for s in sessions),
             return_exceptions=True,
         )
-        released = self.store.release(device)
+        released = await self.store.release(device)
         log.info(
             "device unbound",
             device=device,
@@ -182,7 +203,7 @@ class Node:
     async def remove(self, device: str) -> dict[str, Any]:
         """Unbind the device and take it out of the registry: it is refused from now on."""
         result = await self.unbind(device)
-        result["removed"] = self.registry.remove(device)
+        result["removed"] = await self.store.unenroll(device)
         log.info("device removed", device=device)
         return result
 
@@ -195,3 +216,8 @@ class Node:
             ),
             return_exceptions=True,
         )
+
+
+def tunnel(session: ServerSession) -> Tunnel:
+    lease = session.lease
+    return Tunnel(lease.device, lease.vrf, session.id, session.since)

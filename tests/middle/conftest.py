@@ -17,12 +17,10 @@ from overlay.codel import Codel
 from overlay.counters import Counters
 from overlay.server.auth import hash_password
 from overlay.server.config import ServerConfig, load_server_config
-from overlay.server.leases import LeaseStore
 from overlay.server.node import Node
-from overlay.server.registry import Registry
 from overlay.server.router import TURN_PACKETS
 from overlay.server.rulebook import Rulebook
-from overlay.server.sqlite import GroupCommit
+from overlay.server.store import open_store
 from overlay.status import CertificateStatus
 from tests.faketun import FakeTun
 
@@ -121,9 +119,7 @@ async def node(tmp_path: Path, tun: FakeTun) -> AsyncIterator[Node]:
     """A node with real SQLite stores in ``tmp_path`` and the fake TUN."""
     made = await make_node(load_server_config(write_config(tmp_path)), tun)
     yield made
-    made.commits.flush()
-    made.store.close()
-    made.registry.close()
+    await made.store.close()
 
 
 async def make_node(
@@ -131,13 +127,9 @@ async def make_node(
     tun: FakeTun,
     certificate: Callable[[], CertificateStatus] | None = None,
 ) -> Node:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    commits = GroupCommit()
     return Node(
         config,
-        LeaseStore(config.lease_file, config.pool, commits),
-        Registry(config.registry_file, commits),
-        commits,
+        await open_store(config),
         tun,
         None,
         Rulebook(config.firewall, config.rules_file),

@@ -220,6 +220,4 @@ async def test_the_admin_api_reloads_and_metrics_tell_the_expiry(
     assert 396 * 86400 < left <= 397 * 86400
     reloads = {s.labels["result"]: s.value for s in families["overlay_certificate_reloads"].samples}
     assert reloads == {"ok": 1, "refused": 1}
-    node.commits.flush()
-    node.store.close()
-    node.registry.close()
+    await node.store.close()

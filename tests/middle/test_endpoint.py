@@ -49,9 +49,7 @@ async def serve(tmp_path: Path, tun: FakeTun, pool: str, extra: str = "") -> Asy
         listener.close()
         await node.close_sessions()
         await runner.cleanup()
-        node.commits.flush()
-        node.store.close()
-        node.registry.close()
+        await node.store.close()
 
 
 @pytest.fixture
@@ -89,8 +87,7 @@ async def status_of(
 
 
 async def test_refusals_come_in_the_documented_order_and_are_counted(served: Served) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     no_device = {"Authorization": aiohttp.encode_basic_auth("VPN", PASSWORD)}
     assert await status_of(served, no_device, protocols=("ovl.v2",)) == 426  # version first
     assert await status_of(served, no_device) == 400  # then the headers
@@ -110,8 +107,7 @@ async def test_refusals_come_in_the_documented_order_and_are_counted(served: Ser
 
 async def test_an_exhausted_pool_is_refused_with_503(served: Served) -> None:
     for device in ("dev1", "dev2", "dev3"):
-        served.node.registry.add(device, None)
-    served.node.commits.flush()
+        await served.node.store.enroll(device, None)
     assert await status_of(served, headers("dev1")) == 101
     assert await status_of(served, headers("dev2")) == 101
     assert await status_of(served, headers("dev3")) == 503
@@ -132,8 +128,7 @@ async def connect(served: Served, http: aiohttp.ClientSession) -> aiohttp.Client
 async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
     served: Served,
 ) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     async with aiohttp.ClientSession() as http:
         first = await connect(served, http)
         hello = json.loads((await first.receive(timeout=5)).data)
@@ -167,8 +162,7 @@ async def test_the_hello_then_a_newer_session_replaces_the_older_with_4001(
 
 async def tunnel(served: Served) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """An open tunnel of the enrolled device dev1, past its hello."""
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     async with aiohttp.ClientSession() as http:
         ws = await connect(served, http)
         await ws.receive(timeout=5)
@@ -229,8 +223,7 @@ UPGRADE = (
 
 
 async def test_malformed_requests_are_counted_refusals_not_errors(served: Served) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     protocol = b"Sec-WebSocket-Protocol: ovl.v1\r\n"
     not_ascii = "Authorization: Basic dmlw\u00e9\r\n".encode()
     assert await raw_status(served, UPGRADE + protocol + not_ascii) == 401
@@ -244,8 +237,7 @@ async def test_malformed_requests_are_counted_refusals_not_errors(served: Served
 
 
 async def test_concurrent_guesses_from_one_address_are_not_all_checked(served: Served) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     statuses = await asyncio.gather(
         *(status_of(served, headers(password=f"guess-{n}")) for n in range(60))
     )
@@ -257,8 +249,7 @@ async def test_concurrent_guesses_from_one_address_are_not_all_checked(served: S
 async def test_a_device_is_not_locked_out_by_guesses_from_its_own_address(
     served: Served,
 ) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     assert await status_of(served, headers()) == 101  # accepted once
     for _ in range(3):
         await status_of(served, headers("dev1", password="a-guess"))
@@ -267,8 +258,7 @@ async def test_a_device_is_not_locked_out_by_guesses_from_its_own_address(
 
 
 async def test_a_device_gets_at_most_its_limit_of_vrfs(served: Served) -> None:
-    served.node.registry.add("dev1", None, max_vrfs=2)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None, max_vrfs=2)
     for vrf, expected in (("a", 101), ("b", 101), ("c", 403), ("a", 101)):
         assert await status_of(served, {**headers(), wire.HEADER_VRF: vrf}) == expected, vrf
     assert served.node.refusals["vrf-limit"] == 1
@@ -276,8 +266,7 @@ async def test_a_device_gets_at_most_its_limit_of_vrfs(served: Served) -> None:
 
 
 async def test_takeovers_of_one_tunnel_are_limited(served: Served) -> None:
-    served.node.registry.add("dev1", None)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
     async with aiohttp.ClientSession() as http:
         open_ = [await connect(served, http)]  # the first holds the tunnel
         for _ in range(3):  # three takeovers at once are fine (a device that moved)
@@ -293,9 +282,8 @@ async def test_takeovers_of_one_tunnel_are_limited(served: Served) -> None:
 async def test_no_refusal_tells_a_stranger_whether_a_device_is_enrolled(served: Served) -> None:
     """Before valid credentials, an unknown id, a wrong password and a missing client
     certificate are the same 401 with the same body; 403 only after valid credentials."""
-    served.node.registry.add("dev1", None)
-    served.node.registry.add("dev2", None, client_cert=True)
-    served.node.commits.flush()
+    await served.node.store.enroll("dev1", None)
+    await served.node.store.enroll("dev2", None, client_cert=True)
 
     async def answer(device: str, password: str) -> tuple[int, str]:
         async with (

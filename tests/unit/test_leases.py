@@ -6,7 +6,7 @@ import pytest
 
 from overlay.addressing import AddressPool
 from overlay.exceptions import PoolExhaustedError, StoreError
-from overlay.server.leases import LeaseStore, read_leases
+from overlay.server.leases import LeaseStore
 from overlay.server.registry import Registry
 from overlay.server.sqlite import GroupCommit
 
@@ -38,7 +38,7 @@ def test_exhausted_pool_keeps_existing_leases(tmp_path):
     with pytest.raises(PoolExhaustedError):
         store.lease("SN-2", "default")
     assert store.lease("SN-1", "default") == kept
-    assert len(store) == 1
+    assert len(store.table) == 1
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
@@ -102,8 +102,12 @@ async def test_a_failed_group_commit_takes_the_leases_back(tmp_path):
     store.lease("SN-2", "default")
     with pytest.raises(StoreError, match="cannot commit"):
         await commits.wait()
-    assert [lease.device for lease in store.all()] == ["SN-1"]
-    assert read_leases(tmp_path / "leases.sqlite") == [kept]
+    assert [lease.device for lease in store.table.all()] == ["SN-1"]
+    reader = sqlite3.connect(tmp_path / "leases.sqlite")
+    assert reader.execute("SELECT device, address FROM leases").fetchall() == [
+        (kept.device, str(kept.address))
+    ]
+    reader.close()
     store._db.execute("DROP TRIGGER orphan")
     again = store.lease("SN-3", "default")
     await commits.wait()

@@ -1,0 +1,215 @@
+"""A fleet: server processes (nodes) in their own namespaces sharing one PostgreSQL store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from lab import deploy, netns
+from lab import postgres as pg
+from lab.bench.reconnect import Events
+from tests.integration.conftest import PASSWORD, REPO, SERVER_IP, SRV, Overlay
+
+pytestmark = pytest.mark.netns
+
+NODE_B_IP = "198.18.0.2"
+GEN_IP = "198.18.0.99"
+
+
+@dataclass
+class Fleet:
+    overlay: Overlay
+    cluster: pg.Cluster
+    database: str
+    ca: Path
+    gen: str = ""
+    controls: dict[str, Path] = field(default_factory=dict)
+    servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    loadgens: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def start_node(self, name: str, ns: str, ip: str, url: str) -> None:
+        store = (
+            f'[store]\nurl = "{url}"\npassword_file = "{self.cluster.password_file}"\n'
+            f'[node]\nname = "{name}"\ntunnel_ttl = 6\n'
+        )
+        config = deploy.server_config(
+            self.overlay.root / name, self.ca.parent, PASSWORD, host=ip, extra=store
+        )
+        self.servers[name] = deploy.start_server(ns, config)
+        self.controls[name] = config.parent / "state" / "control.sock"
+        deploy.wait_for(
+            f"{name} start",
+            lambda: deploy.server_status(self.controls[name]),
+            process=self.servers[name],
+            log=config.parent / "server.log",
+        )
+
+    def status(self, name: str) -> dict:
+        status = deploy.server_status(self.controls[name])
+        assert status is not None, f"{name} does not answer"
+        return dict(status)
+
+    def loadgen(
+        self, ip: str, devices: int, first: int = 0, tag: str = "", once: bool = False
+    ) -> Events:
+        """Simulated devices SIM-first… towards the node at ``ip``; their addresses go to
+        loadgen-TAG.json at "up"."""
+        argv = [
+            sys.executable,
+            "-m",
+            "lab.loadgen",
+            "--url",
+            f"wss://{ip}/tun",
+            "--ca",
+            str(self.ca),
+            "--password-file",
+            str(self.overlay.root / "password"),
+            "--devices",
+            str(devices),
+            "--first",
+            str(first),
+            "--addresses",
+            str(self.overlay.root / f"loadgen-{tag}.json"),
+            "--max-delay",
+            "2",
+            *(["--once"] if once else []),
+        ]
+        process = subprocess.Popen(
+            netns.exec_argv(self.gen, argv),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.loadgens.append(process)
+        return Events(process)
+
+    def addresses(self, tag: str) -> dict[str, str]:
+        return dict(json.loads((self.overlay.root / f"loadgen-{tag}.json").read_text()))
+
+    def leases(self) -> dict[str, str]:
+        """(device → address) as the store holds them."""
+        rows = self.cluster.psql("SELECT device, host(address) FROM leases", self.database)
+        return dict(line.split("|") for line in rows.splitlines() if line)
+
+    def stop(self) -> None:
+        for process in self.loadgens:
+            process.terminate()
+        for process in self.loadgens:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for server in self.servers.values():
+            netns.stop(server, timeout=10)
+
+
+@pytest.fixture
+def fleet(overlay: Overlay, postgres: pg.Cluster, postgres_url: str) -> Iterator[Fleet]:
+    """Node a in the test's server namespace, node b in one of its own, one store."""
+    ca = deploy.pki(overlay.root / "pki", ["overlay.test", SERVER_IP, NODE_B_IP])
+    (overlay.root / "password").write_text(PASSWORD + "\n")
+    database = urlsplit(postgres_url).path.lstrip("/")
+    made = Fleet(overlay, postgres, database, ca)
+    node_b = overlay.attach("nodeb", NODE_B_IP)
+    made.gen = overlay.attach("gen", GEN_IP)
+    netns.sysctl(made.gen, "net.ipv4.ip_local_port_range", "1024 65535")
+    try:
+        made.start_node("node-a", SRV, SERVER_IP, postgres_url)
+        made.start_node("node-b", node_b, NODE_B_IP, postgres_url)
+        yield made
+    finally:
+        made.stop()
+
+
+def test_two_nodes_lease_2000_new_devices_at_once_without_a_collision(fleet: Fleet) -> None:
+    """1,200 devices storm each node; 400 of them storm both at once (2,000 devices). Each
+    takes its hello and leaves: a device on two nodes keeps one tunnel, not both."""
+    a = fleet.loadgen(SERVER_IP, 1200, first=0, tag="a", once=True)
+    b = fleet.loadgen(NODE_B_IP, 1200, first=800, tag="b", once=True)
+    up_a, up_b = a.wait("up", timeout=300), b.wait("up", timeout=300)
+    print("node a up", up_a, "node b up", up_b)
+    leases = fleet.leases()
+    assert len(leases) == 2000  # one lease per device (the primary key)
+    assert len(set(leases.values())) == 2000  # no address twice (UNIQUE)
+    got = fleet.addresses("a") | fleet.addresses("b")
+    assert got == leases  # every hello announced the stored lease
+    both = [f"SIM-{n:05d}" for n in range(800, 1200)]
+    assert all(fleet.addresses("a")[d] == fleet.addresses("b")[d] for d in both)
+    for node in ("node-a", "node-b"):
+        status = fleet.status(node)
+        print(node, "lease races", status["server"]["store"]["races"], status["refusals"])
+
+
+def test_a_newer_tunnel_on_another_node_closes_the_old_one(fleet: Fleet) -> None:
+    """One live tunnel per (device, VRF) across the fleet: the node holding the older
+    tunnel closes it (4001) when the device connects to another node."""
+    fleet.loadgen(SERVER_IP, 1, tag="a").wait("up", timeout=60)
+    deploy.wait_for(
+        "node a's tunnel row",
+        lambda: fleet.cluster.psql("SELECT node FROM tunnels", fleet.database) == "node-a",
+    )
+    started = time.monotonic()
+    fleet.loadgen(NODE_B_IP, 1, tag="b").wait("up", timeout=60)
+    deploy.wait_for(
+        "node a closing its older tunnel",
+        lambda: fleet.status("node-a")["server"]["taken_over"] >= 1,
+        timeout=10,
+    )
+    print(f"closed on node a {time.monotonic() - started:.2f} s after node b's hello")
+    assert fleet.addresses("a") == fleet.addresses("b")  # the address moved with the device
+    events = log_events(fleet.overlay.root / "node-a" / "server.log")
+    (taken,) = [e for e in events if e["event"] == "tunnel taken over on another node"]
+    assert (taken["device"], taken["by"], taken["node"]) == ("SIM-00000", "node-b", "node-a")
+
+
+def test_the_fleet_rides_out_a_store_outage(fleet: Fleet) -> None:
+    """Tunnels stay up, known devices come back from the node's memory, new ones wait
+    with 503 and get in once the store returns; nothing lost, nothing twice."""
+    first = fleet.loadgen(SERVER_IP, 50, tag="first")
+    first.wait("up", timeout=60)
+    fleet.cluster.stop()
+    try:
+        newcomers = fleet.loadgen(SERVER_IP, 10, first=1000, tag="new")
+        deploy.wait_for(
+            "new devices refused while the store is down",
+            lambda: fleet.status("node-a")["refusals"].get("store-unavailable", 0) > 0,
+            timeout=20,
+        )
+        status = fleet.status("node-a")
+        assert status["server"]["store"]["up"] is False
+        assert len(status["sessions"]) == 50  # the tunnels up stay up
+        fleet.loadgens[0].terminate()  # the first devices drop and come back
+        fleet.loadgens[0].wait(timeout=10)
+        returning = fleet.loadgen(SERVER_IP, 50, tag="returning")
+        returning.wait("up", timeout=60)  # admitted from the node's memory
+        assert fleet.addresses("returning") == fleet.addresses("first")
+    finally:
+        fleet.cluster.start()
+    newcomers.wait("up", timeout=60)
+    leases = fleet.leases()
+    assert len(leases) == 60 and len(set(leases.values())) == 60
+    assert fleet.addresses("new").items() <= leases.items()
+    deploy.wait_for(
+        "the tunnels recorded again",
+        lambda: fleet.cluster.psql("SELECT count(*) FROM tunnels", fleet.database) == "60",
+        timeout=20,
+    )
+    events = [e["event"] for e in log_events(fleet.overlay.root / "node-a" / "server.log")]
+    assert [e for e in events if e.startswith("the store")] == [
+        "the store is unavailable: known devices are admitted, new ones refused",
+        "the store is back",
+    ]
+
+
+def log_events(path: Path) -> list[dict]:
+    """The server's JSON log lines."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
