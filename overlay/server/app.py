@@ -79,7 +79,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
         node = Node(config, store, tun, collector, rulebook, certificate.status)
         if isinstance(store, PostgresStore):  # a fleet: one live tunnel per (device, VRF)
-            fleet = Fleet(store, config.node, config.tunnel_ttl, node.live, node.newer_elsewhere)
+            fleet = Fleet(
+                store, config.node, config.tunnel_ttl, node.live, node.newer_elsewhere, node.gone
+            )
             await fleet.start()
             stack.push_async_callback(fleet.close)  # after the sessions' close: rows go last
             node.fleet = fleet

@@ -6,8 +6,10 @@ began (``since``). A node claims a row when a tunnel opens and drops it when
 the tunnel ends. A claim takes the row only from an older session; when it
 does, PostgreSQL notifies every node (LISTEN/NOTIFY, channel
 ``overlay_tunnels``), and the node holding the older tunnel closes it with
-4001 at once. A claim that finds a newer row means a newer tunnel lives
-elsewhere, and this node closes its own.
+4001 at once. A device unbound or removed on any node (``overlay device``)
+is announced on ``overlay_devices``: every node forgets what it held in
+memory of it and closes its tunnels with 4003. A claim that finds a newer
+row means a newer tunnel lives elsewhere, and this node closes its own.
 
 A node keeps its rows alive every third of ``node.tunnel_ttl``; a node that
 stopped cleanly has removed them, and rows a dead node left expire after
@@ -28,7 +30,14 @@ import psycopg
 import structlog
 
 from overlay.exceptions import StoreError
-from overlay.server.postgres import Connection, PostgresStore, columns, execute, fetch
+from overlay.server.postgres import (
+    DEVICES_CHANNEL,
+    Connection,
+    PostgresStore,
+    columns,
+    execute,
+    fetch,
+)
 from overlay.status import FleetTunnel
 
 log = structlog.get_logger("overlay.server")
@@ -49,10 +58,12 @@ class Tunnel:
         return (self.device, self.vrf)
 
 
-# The tunnels this node holds now, and what to do when a newer one of (device, VRF) lives
-# on another node: close the local one (device, VRF, that node, the newer one's since).
+# The tunnels this node holds now; what to do when a newer one of (device, VRF) lives
+# on another node: close the local one (device, VRF, that node, the newer one's since);
+# and when a device was unbound or removed on any node: close its tunnels (4003).
 Live = Callable[[], list[Tunnel]]
 Newer = Callable[[str, str, str, float], None]
+Gone = Callable[[str], None]
 
 CLAIM = f"""
 WITH claimed AS (
@@ -89,10 +100,10 @@ class Fleet:
     """This node's part of the ``tunnels`` table."""
 
     def __init__(
-        self, store: PostgresStore, node: str, ttl: float, live: Live, newer: Newer
+        self, store: PostgresStore, node: str, ttl: float, live: Live, newer: Newer, gone: Gone
     ) -> None:
         self.store, self.node, self.ttl = store, node, ttl
-        self.live, self.newer = live, newer
+        self.live, self.newer, self.gone = live, newer, gone
         self._claims: dict[tuple[str, str], Tunnel] = {}
         self._drops: dict[tuple[str, str], Tunnel] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -194,13 +205,19 @@ class Fleet:
             )
 
     async def _listen(self) -> None:
-        """Act on other nodes' claims as they commit; reconnect after a failure."""
+        """Act on other nodes' claims, and on devices unbound or removed anywhere, as they
+        commit; reconnect after a failure."""
         while True:
             try:
                 async with await self.store.connect() as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {DEVICES_CHANNEL}")
                     async for notice in conn.notifies():
-                        self._notified(notice.payload)
+                        if notice.channel == DEVICES_CHANNEL:
+                            self.store.forget(notice.payload)
+                            self.gone(notice.payload)
+                        else:
+                            self._notified(notice.payload)
             except (psycopg.Error, OSError):
                 pass
             await asyncio.sleep(1)

@@ -91,11 +91,7 @@ class Node:
             return
         self.taken_over += 1
         log.info("tunnel taken over on another node", device=device, vrf=vrf, by=node)
-        task = asyncio.create_task(
-            session.close(wire.CloseCode.REPLACED, f"replaced by a newer session on {node}")
-        )
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._close(session, wire.CloseCode.REPLACED, f"replaced by a newer session on {node}")
 
     def status(self) -> ServerStatus:
         totals = Counters()
@@ -178,6 +174,19 @@ class Node:
                     for flow in table.describe(now, wall)
                 ]
         return {"device": device, "flows": result}
+
+    def gone(self, device: str) -> None:
+        """The device was unbound or removed on some node of the fleet: close its tunnels
+        here too (4003); its leases are gone from the store."""
+        for session in [s for s in self._sessions if s.lease.device == device]:
+            log.info("device unbound on the fleet", device=device, vrf=session.lease.vrf)
+            self._close(session, wire.CloseCode.REMOVED, "device unbound")
+
+    def _close(self, session: ServerSession, code: wire.CloseCode, reason: str) -> None:
+        """Close ``session`` without waiting for it (from a store's notification)."""
+        task = asyncio.create_task(session.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def unbind(self, device: str) -> dict[str, Any]:
         """Close the device's sessions (4003) and release its leases: a replacement unit with

@@ -57,6 +57,8 @@ PROBE = 1.0  # seconds between two tries to reach a store that is down
 REFRESH = 30.0  # seconds between reloads of the fleet's leases and the enrolled count
 ROUNDS = 16  # tries to find a free address for a lease before giving up
 ATTEMPTS = 5  # tries of a batch that deadlocked with another node's
+# Every node LISTENs (overlay.server.fleet): a device unbound or removed anywhere, by id.
+DEVICES_CHANNEL = "overlay_devices"
 SCHEMA_LOCK = 0x6F766C  # pg_advisory_xact_lock key: one node migrates at a time
 
 MIGRATIONS: list[str] = [
@@ -269,11 +271,22 @@ class PostgresStore:
 
     async def unenroll(self, device: str) -> bool:
         rows = await self.run(
-            lambda conn: fetch(conn, "DELETE FROM devices WHERE id = %s RETURNING id", (device,))
+            lambda conn: fetch(
+                conn,
+                "WITH gone AS (DELETE FROM devices WHERE id = %s RETURNING id) "
+                f"SELECT id, pg_notify('{DEVICES_CHANNEL}', id) FROM gone",
+                (device,),
+            )
         )
-        self._enrollments.pop(device, None)
+        self.forget(device)
         self._enrolled -= len(rows)
         return bool(rows)
+
+    def forget(self, device: str) -> None:
+        """Drop what memory holds of ``device``: it was unbound or removed (on any node)."""
+        self._enrollments.pop(device, None)
+        for lease in self.table.of(device):
+            self.table.forget(lease.device, lease.vrf)
 
     async def lease(self, device: str, vrf: str, max_vrfs: int, enroll: bool = False) -> Lease:
         known = self.table.get(device, vrf)
@@ -411,9 +424,14 @@ class PostgresStore:
         return results
 
     async def release(self, device: str) -> list[Lease]:
-        released = await self.run(lambda conn: _leases(conn, "device = %s", (device,), delete=True))
-        for lease in self.table.of(device):
-            self.table.forget(lease.device, lease.vrf)
+        async def delete(conn: Connection) -> list[Lease]:
+            async with conn.transaction():  # every node hears of it once it is done
+                released = await _leases(conn, "device = %s", (device,), delete=True)
+                await conn.execute("SELECT pg_notify(%s, %s)", (DEVICES_CHANNEL, device))
+            return released
+
+        released = await self.run(delete)
+        self.forget(device)
         return released
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ import pytest
 from lab import deploy, netns
 from lab import postgres as pg
 from lab.bench.reconnect import Events
+from lab.deploy import BIN
 from tests.integration.conftest import PASSWORD, REPO, SERVER_IP, SRV, Overlay
 
 pytestmark = pytest.mark.netns
@@ -213,3 +214,23 @@ def test_the_fleet_rides_out_a_store_outage(fleet: Fleet) -> None:
 def log_events(path: Path) -> list[dict]:
     """The server's JSON log lines."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_device_removed_on_one_node_loses_its_tunnel_on_another(fleet: Fleet) -> None:
+    """``overlay device`` works against the shared store from any node, and takes effect
+    on the node that holds the device."""
+    fleet.loadgen(SERVER_IP, 1, tag="a").wait("up", timeout=60)
+    config_b = str(fleet.overlay.root / "node-b" / "server.toml")
+    overlay = str(BIN / "overlay")
+    listed = netns.run(SRV, [overlay, "device", "list", "--json", "--config", config_b])
+    (row,) = json.loads(listed.stdout)
+    assert row["leases"] == [f"default={fleet.addresses('a')['SIM-00000']}"]
+    removed = fleet.overlay.run(SRV, overlay, "device", "remove", "SIM-00000", "--config", config_b)
+    assert removed.returncode == 0, removed.stderr
+    deploy.wait_for(
+        "node a closing the removed device's tunnel",
+        lambda: any(
+            e["event"] == "device unbound on the fleet"
+            for e in log_events(fleet.overlay.root / "node-a" / "server.log")
+        ),
+    )
