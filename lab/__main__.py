@@ -1,10 +1,15 @@
 """``scripts/lab``: the overlay in network namespaces on one machine (root needed).
 
-scripts/lab up [--devices N]     build the lab and start the server and N devices (default 2)
+scripts/lab up [--devices N] [--servers M]   build the lab and start M servers (default 1)
+                                             and N devices (default 2); with M > 1 the
+                                             servers are a fleet sharing PostgreSQL (ovl-db)
 scripts/lab down                 stop and remove everything the lab made
-scripts/lab status [--json]      the server and each device's tunnel
-scripts/lab demo [--devices N]   bring the lab up, run every check, say how to look inside
-scripts/lab kill server          SIGKILL the server and start it again
+scripts/lab status [--json]      the servers and each device's tunnel
+scripts/lab demo [--devices N] [--servers M]   bring the lab up, run every check, say how to
+                                             look inside
+scripts/lab kill server|srvN     SIGKILL a server (server: node 1) and start it again
+scripts/lab stop srvN            stop a server (SIGTERM) and leave it stopped
+scripts/lab start srvN           start a stopped server
 scripts/lab cut DEVICE SECONDS   take a device's uplink down for a while
 """
 
@@ -19,7 +24,7 @@ import sys
 import time
 
 from lab import checks, deploy, netns, services
-from lab.topology import NAT, SERVER_IP, SRV, Lab
+from lab.topology import MAX_SERVERS, NAT, SRV, Lab, Server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("up", "demo"):
         sub = commands.add_parser(name)
         sub.add_argument("--devices", type=int, default=2, choices=range(1, 51), metavar="N")
+        sub.add_argument(
+            "--servers", type=int, default=1, choices=range(1, MAX_SERVERS + 1), metavar="M"
+        )
     commands.add_parser("down")
     status = commands.add_parser("status")
     status.add_argument("--json", action="store_true")
-    kill = commands.add_parser("kill")
-    kill.add_argument("what", choices=["server"])
+    for name in ("kill", "stop", "start"):
+        commands.add_parser(name).add_argument("what", metavar="server|srvN")
     cut = commands.add_parser("cut")
     cut.add_argument("device", help="dev1, dev2, …")
     cut.add_argument("seconds", type=float)
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.command == "up":
-            lab.up(args.devices)
+            lab.up(args.devices, args.servers)
             lab.wait_tunnels()
             print(format_status(lab.status()))
         elif args.command == "down":
@@ -55,35 +63,44 @@ def main(argv: list[str] | None = None) -> int:
             data = lab.status()
             print(json.dumps(data, indent=2) if args.json else format_status(data))
         elif args.command == "demo":
-            return demo(lab, args.devices)
+            return demo(lab, args.devices, args.servers)
         elif args.command == "kill":
-            kill_server(lab)
+            kill_server(lab, lab.server(args.what))
+        elif args.command == "stop":
+            stop_server(lab.server(args.what))
+        elif args.command == "start":
+            node = lab.server(args.what)
+            lab.start(node)
+            print(f"{node.name} started on {node.ip}")
         elif args.command == "cut":
             return cut_device(lab, args.device, args.seconds)
-    except (TimeoutError, subprocess.CalledProcessError, OSError) as exc:
+    except (TimeoutError, subprocess.CalledProcessError, OSError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
 def format_status(data: dict) -> str:
-    server = data["server"]
-    lines = [
-        f"lab files: {data['dir']}",
-        f"server  {server['netns']:<9} {server['overlay']:<15} {server['url']}  {server['state']}",
-    ]
+    lines = [f"lab files: {data['dir']}"]
+    for s in data["servers"]:
+        lines.append(
+            f"{s['name']:<7} {s['netns']:<9} {s['overlay']:<15} {s['url']}  {s['state']}, "
+            f"{s['sessions']} sessions"
+        )
     for d in data["devices"]:
         lines.append(
             f"{d['name']:<7} {d['netns']:<9} {d['overlay'] or '-':<15} "
             f"underlay {d['underlay']:<13} vrf {d['vrf']}  {d['state']}"
+            + (f" on {d['server']}" if d["server"] and len(data["servers"]) > 1 else "")
         )
     return "\n".join(lines)
 
 
-def demo(lab: Lab, count: int) -> int:
-    print(f"== bringing the lab up ({count} devices) in network namespaces")
+def demo(lab: Lab, count: int, servers: int) -> int:
+    fleet = f", {servers} servers sharing PostgreSQL" if servers > 1 else ""
+    print(f"== bringing the lab up ({count} devices{fleet}) in network namespaces")
     started = time.monotonic()
-    lab.up(count)
+    lab.up(count, servers)
     lab.wait_tunnels()
     print(f"   tunnels up in {time.monotonic() - started:.1f} s\n")
     failed = 0
@@ -113,7 +130,8 @@ The lab stays up. Look inside (as root, from this folder):
                               {first["overlay"]} .1.3.6.1.2.1.1
   syslog received:          tail {services.syslog_file(lab.dir)}
   QoE reports:              .venv/bin/overlay qoe --config {lab.server_config}
-  server sessions:          .venv/bin/overlay status --config {lab.server_config}
+  server sessions:          ip netns exec {SRV} .venv/bin/overlay status \\
+                              --config {lab.server_config}
   device tunnel:            .venv/bin/appliance status --config {lab.device_config(device)}
   NAT refusals:             ip netns exec {NAT} nft list chain ip ovl_nat forward
 Cut a device off for 30 s: scripts/lab cut {device.name} 30
@@ -124,15 +142,31 @@ Remove the lab:            scripts/lab down""")
     return 1 if failed else 0
 
 
-def kill_server(lab: Lab) -> None:
-    pids = [pid for pid in netns.pids_in(SRV) if b"overlay" in read_cmdline(pid)]
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    print(f"killed the server ({', '.join(map(str, pids)) or 'not running'}) with SIGKILL")
+def kill_server(lab: Lab, node: Server) -> None:
+    pids = signal_server(node, signal.SIGKILL)
+    print(f"killed {node.name} ({', '.join(map(str, pids)) or 'not running'}) with SIGKILL")
     time.sleep(0.5)
-    deploy.start_server(SRV, lab.server_config)
-    deploy.wait_for("server start", lambda: deploy.server_status(lab.server_control))
-    print(f"server started again on {SERVER_IP}; watch the devices come back: scripts/lab status")
+    lab.start(node)
+    print(
+        f"{node.name} started again on {node.ip}; watch the devices come back: scripts/lab status"
+    )
+
+
+def stop_server(node: Server) -> None:
+    pids = signal_server(node, signal.SIGTERM)
+    deploy.wait_for(f"{node.name} to stop", lambda: not any(map(read_cmdline, pids)))
+    print(
+        f"stopped {node.name} ({', '.join(map(str, pids)) or 'not running'}); start it again: "
+        f"scripts/lab start {node.name}"
+    )
+
+
+def signal_server(node: Server, sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to the overlay server in the node's namespace; its pids."""
+    pids = [pid for pid in netns.pids_in(node.ns) if b"overlay\x00serve" in read_cmdline(pid)]
+    for pid in pids:
+        os.kill(pid, sig)
+    return pids
 
 
 def read_cmdline(pid: int) -> bytes:

@@ -125,6 +125,11 @@ class Cluster:
         owner = pwd.getpwnam(SUPERUSER) if os.getuid() == 0 else pwd.getpwuid(os.getuid())
         for path in (self.root, self.socket_dir):
             os.chown(path, owner.pw_uid, owner.pw_gid)
+        if self._run(["test", "-w", str(self.root)]).returncode != 0:
+            raise RuntimeError(
+                f"the {owner.pw_name} user cannot reach {self.root}: put it (the lab: "
+                "OVL_LAB_DIR) under a directory that every user may enter, like /var/tmp"
+            )
         result = self._run(
             [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SUPERUSER]
         )

@@ -3,12 +3,19 @@
 ::
 
     ovl-srv                        ovl-nat                          ovl-devN
-    eth0 198.18.0.1/24 ---- wan0 198.18.0.254/24
+    eth0 198.18.0.1/24 ---- wan0 (bridge) 198.18.0.254/24
                                    lanN 198.19.N.1/24 ---------- eth0 198.19.N.11/24
     overlay server, ovl0           masquerade out of wan0,          appliance, ovl0
     169.254.0.1/16                 no port forwarding, new          169.254.x.y/16
                                    connections from wan0 dropped
+    ovl-srv2 … (--servers N)
+    eth0 198.18.0.N/24 ---- wan0   more nodes of a fleet
+    ovl-db
+    eth0 198.18.0.250/24 -- wan0   PostgreSQL, the fleet's store (only with --servers 2 or more)
 
+With several servers, node 1 keeps ``srv`` (``ovl-srv``); node N is ``srvN``
+in ``ovl-srvN``; devices list every node in their URLs, node 1 first, and the
+nodes share PostgreSQL in ``ovl-db``, whose data lives in the lab directory.
 The underlay exists only inside these namespaces (198.18.0.0/15, the
 benchmarking range); nothing is sent from the root namespace. The server has a
 route to the devices' networks through the NAT, and the NAT refuses every
@@ -26,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from lab import deploy, netns, services
+from lab import postgres as pg
 
-SRV, NAT = "ovl-srv", "ovl-nat"
-SERVER_IP, NAT_WAN = "198.18.0.1", "198.18.0.254"
+SRV, NAT, DB = "ovl-srv", "ovl-nat", "ovl-db"
+SERVER_IP, NAT_WAN, DB_IP = "198.18.0.1", "198.18.0.254", "198.18.0.250"
+MAX_SERVERS = 9
 WAN_NET, LAN_NET = "198.18.0.0/24", "198.19.0.0/16"
-URL = f"wss://{SERVER_IP}:443/tun"
 ADMIN_URL = "http://127.0.0.1:9180"  # inside ovl-srv; the token is in server/state/admin-token
 VRF = "main-vrf"
 VOICE_VRF = "voice-vrf"
@@ -44,6 +52,29 @@ def masquerade(ns: str, lan: str, wan: str) -> None:
     netns.sysctl(ns, "net.ipv4.ip_forward", "1")
     rules = NAT_RULES.read_text().replace("@LAN@", lan).replace("@WAN@", wan)
     subprocess.run(netns.exec_argv(ns, ["nft", "-f", "-"]), input=rules, text=True, check=True)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One node of the lab's fleet (node 1 is the lab's only server without --servers)."""
+
+    index: int
+
+    @property
+    def name(self) -> str:
+        return "srv" if self.index == 1 else f"srv{self.index}"
+
+    @property
+    def ns(self) -> str:
+        return f"ovl-{self.name}"
+
+    @property
+    def ip(self) -> str:
+        return f"198.18.0.{self.index}"
+
+    @property
+    def url(self) -> str:
+        return f"wss://{self.ip}:443/tun"
 
 
 @dataclass(frozen=True)
@@ -104,31 +135,61 @@ class Lab:
 
     # -- what exists
 
-    def devices(self) -> list[Device]:
+    def _state(self, key: str, default: int) -> int:
         try:
-            count = json.loads(self.state_file.read_text())["devices"]
-        except (FileNotFoundError, ValueError, KeyError):
-            return []
-        return [Device(n) for n in range(1, count + 1)]
+            return int(json.loads(self.state_file.read_text()).get(key, default))
+        except (FileNotFoundError, ValueError, AttributeError):
+            return default
+
+    def devices(self) -> list[Device]:
+        return [Device(n) for n in range(1, self._state("devices", 0) + 1)]
+
+    def servers(self) -> list[Server]:
+        """The fleet's nodes; node 1 alone unless the lab was made with --servers."""
+        return [Server(n) for n in range(1, self._state("servers", 1) + 1)]
+
+    def server(self, name: str) -> Server:
+        """The node named ``name`` (``server`` is node 1); ValueError naming the choices."""
+        servers = self.servers()
+        found = next(
+            (s for s in servers if s.name == name or (name == "server" and s.index == 1)), None
+        )
+        if found is None:
+            have = ", ".join(s.name for s in servers) or "none"
+            raise ValueError(f"no server {name!r} in the lab (have: {have})")
+        return found
 
     def namespaces(self) -> list[str]:
-        return [SRV, NAT, *(d.ns for d in self.devices())]
+        fleet = [DB] if len(self.servers()) > 1 else []
+        return [*(s.ns for s in self.servers()), NAT, *fleet, *(d.ns for d in self.devices())]
 
-    def is_up(self, count: int) -> bool:
+    def is_up(self, count: int, servers: int) -> bool:
         return (
             len(self.devices()) == count
+            and len(self.servers()) == servers
             and all(netns.exists(ns) for ns in self.namespaces())
-            and deploy.server_status(self.server_control) is not None
+            and all(deploy.server_status(self.control(s)) is not None for s in self.servers())
             and all(deploy.agent_status(self.device_control(d)) is not None for d in self.devices())
         )
 
+    def config(self, server: Server) -> Path:
+        return self.dir / ("server" if server.index == 1 else server.name) / "server.toml"
+
+    def control(self, server: Server) -> Path:
+        return self.config(server).parent / "state" / "control.sock"
+
     @property
     def server_config(self) -> Path:
-        return self.dir / "server" / "server.toml"
+        return self.config(Server(1))
 
     @property
     def server_control(self) -> Path:
-        return self.dir / "server" / "state" / "control.sock"
+        return self.control(Server(1))
+
+    @property
+    def db(self) -> pg.Cluster:
+        """The fleet's PostgreSQL, in ovl-db with its data under the lab directory."""
+        return pg.Cluster(self.dir / "db", ns=DB, address=DB_IP)
 
     def device_config(self, device: Device) -> Path:
         return self.dir / device.name / "appliance.toml"
@@ -138,20 +199,20 @@ class Lab:
 
     # -- building and removing
 
-    def up(self, count: int) -> None:
-        """Build the namespaces and start the server and the devices; keep what is up already."""
-        if self.is_up(count):
+    def up(self, count: int, servers: int = 1) -> None:
+        """Build the namespaces and start the servers and the devices; keep what is up."""
+        if self.is_up(count, servers):
             return
         self.down(keep_files=True)  # a partial or different lab: rebuild it, keeping leases
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"devices": count}))
-        devices = self.devices()
-        netns.create(SRV)
+        self.state_file.write_text(json.dumps({"devices": count, "servers": servers}))
+        devices, nodes = self.devices(), self.servers()
         netns.create(NAT)
-        netns.veth(SRV, "eth0", NAT, "wan0")
-        netns.address(SRV, "eth0", f"{SERVER_IP}/24")
+        netns.bridge(NAT, "wan0")
         netns.address(NAT, "wan0", f"{NAT_WAN}/24")
-        netns.route(SRV, LAN_NET, NAT_WAN)
+        for node in nodes:
+            self._underlay(node.ns, f"w{node.name}", node.ip)
+            netns.route(node.ns, LAN_NET, NAT_WAN)
         masquerade(NAT, LAN_NET, WAN_NET)
         for device in devices:
             for vrf in device.vrfs:
@@ -163,31 +224,27 @@ class Lab:
 
         password = self._password()
         pki = self.dir / "pki"
-        ca_file = deploy.pki(pki, ["overlay.lab", SERVER_IP])
-        if not self.server_config.exists():
-            deploy.server_config(
-                self.server_config.parent, pki, password, host=SERVER_IP, auto_enroll=False
-            )
-        deploy.start_server(SRV, self.server_config)
-        deploy.wait_for(
-            "overlay server start",
-            lambda: deploy.server_status(self.server_control),
-            log=self.server_config.parent / "server.log",
-        )
+        names = ["overlay.lab", *(Server(n).ip for n in range(1, MAX_SERVERS + 1))]
+        ca_file = deploy.pki(pki, names)
+        store = self._store() if len(nodes) > 1 else ""
+        for node in nodes:
+            if not self.config(node).exists():
+                deploy.server_config(
+                    self.config(node).parent,
+                    pki,
+                    password,
+                    host=node.ip,
+                    auto_enroll=False,
+                    extra=f'{store}\n[node]\nname = "{node.name}"\n',
+                )
+            self.start(node)
         services.start_server_side(self.dir, SRV)
         for device in devices:  # as an operator enrolls them: unknown devices get 403
-            subprocess.run(
-                [
-                    str(deploy.BIN / "overlay"),
-                    "device",
-                    "add",
-                    device.id,
-                    "--config",
-                    str(self.server_config),
-                ],
-                check=True,
-                capture_output=True,
-            )
+            argv = [str(deploy.BIN / "overlay"), "device", "add", device.id]
+            # on node 1, whose namespace reaches the fleet's store (never the root namespace)
+            added = netns.run(SRV, [*argv, "--config", str(self.server_config)])
+            if added.returncode != 0:
+                raise RuntimeError(f"overlay device add {device.id}: {added.stderr.strip()}")
         for device in devices:
             extra = "".join(
                 f'\n[[vrf]]\nname = "{v.name}"\n'
@@ -197,7 +254,7 @@ class Lab:
             config = deploy.appliance_config(
                 self.device_config(device).parent,
                 device.id,
-                [URL],
+                [node.url for node in nodes],
                 ca_file,
                 password,
                 vrf=None,
@@ -212,6 +269,34 @@ class Lab:
                     self.device_config(device).parent, device.ns, device.name, row["overlay"]
                 )
 
+    def _underlay(self, ns: str, port: str, address: str) -> None:
+        """Namespace ``ns`` on the NAT's outside bridge, with ``address``/24 on eth0."""
+        netns.create(ns)
+        netns.veth(ns, "eth0", NAT, port)
+        netns.enslave(NAT, port, "wan0")
+        netns.address(ns, "eth0", f"{address}/24")
+
+    def _store(self) -> str:
+        """Start the fleet's PostgreSQL in ovl-db; the [store] table of the nodes' configs."""
+        self._underlay(DB, "wdb", DB_IP)
+        db = self.db
+        db.start()
+        if db.psql("SELECT 1 FROM pg_database WHERE datname = 'overlay'") != "1":
+            db.psql(f"CREATE DATABASE overlay OWNER {pg.ROLE}")
+        return (
+            f'[store]\nurl = "{db.url("overlay", host=DB_IP)}"\n'
+            f'password_file = "{db.password_file}"\n'
+        )
+
+    def start(self, node: Server) -> None:
+        """Start node's server and wait until it answers."""
+        deploy.start_server(node.ns, self.config(node))
+        deploy.wait_for(
+            f"overlay server {node.name} start",
+            lambda: deploy.server_status(self.control(node)),
+            log=self.config(node).parent / "server.log",
+        )
+
     def _password(self) -> str:
         """The lab's tunnel password: random, made once, kept with the lab's files."""
         path = self.dir / "tunnel-password"
@@ -222,8 +307,10 @@ class Lab:
 
     def down(self, keep_files: bool = False) -> None:
         """Stop every lab process and remove every lab namespace (and, unless kept, the files)."""
+        if self.db.data.exists():
+            self.db.stop()  # cleanly, before its namespace goes
         for ns in netns.names("ovl-"):
-            if ns in (SRV, NAT) or ns.startswith("ovl-dev"):
+            if ns in (SRV, NAT, DB) or ns.startswith(("ovl-dev", "ovl-srv")):
                 netns.remove(ns)
         if not keep_files and self.dir.exists():
             subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], check=True)
@@ -241,7 +328,23 @@ class Lab:
             )
 
     def status(self) -> dict[str, Any]:
-        """The lab contract (DESIGN.md): one row per (device, VRF)."""
+        """The lab contract (DESIGN.md): one row per (device, VRF), and the servers."""
+        servers, holders = [], {}
+        for node in self.servers() or [Server(1)]:
+            running = deploy.server_status(self.control(node))
+            servers.append(
+                {
+                    "name": node.name,
+                    "netns": node.ns,
+                    "overlay": "169.254.0.1",
+                    "url": node.url,
+                    "admin": ADMIN_URL,
+                    "state": "up" if running else "down",
+                    "sessions": len(running["sessions"]) if running else 0,
+                }
+            )
+            for session in running["sessions"] if running else []:
+                holders[(session["device"], session["vrf"])] = node.name
         rows = []
         for device in self.devices():
             data = deploy.agent_status(self.device_control(device))
@@ -257,18 +360,8 @@ class Lab:
                         "overlay": tunnel.get("address"),
                         "underlay": vrf.underlay,
                         "state": tunnel.get("state", "down"),
+                        "server": holders.get((device.id, vrf.name)),
                     }
                 )
-        server = deploy.server_status(self.server_control)
-        return {
-            "dir": str(self.dir),
-            "server": {
-                "netns": SRV,
-                "overlay": "169.254.0.1",
-                "url": URL,
-                "admin": ADMIN_URL,
-                "state": "up" if server else "down",
-                "sessions": len(server["sessions"]) if server else 0,
-            },
-            "devices": rows,
-        }
+        first = {key: value for key, value in servers[0].items() if key != "name"}
+        return {"dir": str(self.dir), "server": first, "servers": servers, "devices": rows}

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 data["fleet"] = fleet
             if args.device is not None:
                 data = only_device(data, args.device)
-                if not data["sessions"] and not data["leases"]:
+                if not data["sessions"] and not data["leases"] and not data.get("fleet"):
                     return process.fail(f"no session and no lease for device {args.device!r}")
                 flows = asyncio.run(control.command(socket, "flows", {"device": args.device}))
                 data["flows"] = flows["flows"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import random
 import time
 from collections import Counter
@@ -54,7 +55,8 @@ CONNECT_TIMEOUT = 5  # seconds to reach the store at start
 WAIT = 3.0  # seconds a request waits for a connection before the store counts as down
 POOL_SIZE = 4
 PROBE = 1.0  # seconds between two tries to reach a store that is down
-REFRESH = 30.0  # seconds between reloads of the fleet's leases and the enrolled count
+COUNT = 5  # seconds between two reads of the enrolled count (for status and metrics)
+REFRESH = 30  # seconds between reloads of the fleet's leases (those other nodes made)
 ROUNDS = 16  # tries to find a free address for a lease before giving up
 ATTEMPTS = 5  # tries of a batch that deadlocked with another node's
 # Every node LISTENs (overlay.server.fleet): a device unbound or removed anywhere, by id.
@@ -198,15 +200,15 @@ class PostgresStore:
     async def refresh(self) -> None:
         """Read the fleet's leases and the enrolled count again (leases other nodes made)."""
 
-        async def read(conn: Connection) -> tuple[list[Lease], int]:
-            leases = await _leases(conn, "true", ())
-            cursor = await conn.execute("SELECT count(*) FROM devices")
-            row = await cursor.fetchone()
-            return leases, row[0] if row else 0
-
         async with self._allocating:  # a batch adds its leases to the table it started with
-            leases, self._enrolled = await self.run(read)
+            leases = await self.run(lambda conn: _leases(conn, "true", ()))
             self._replace(leases)
+        await self.count()
+
+    async def count(self) -> None:
+        """Read the number of enrolled devices again (any node or CLI may enroll)."""
+        rows = await self.run(lambda conn: fetch(conn, "SELECT count(*) FROM devices", ()))
+        self._enrolled = rows[0][0]
 
     def _replace(self, leases: list[Lease]) -> None:
         table = LeaseTable(self.table.pool)
@@ -216,10 +218,11 @@ class PostgresStore:
         self.table = table
 
     async def _refreshing(self) -> None:
-        while True:
-            await asyncio.sleep(REFRESH)
+        """The enrolled count every COUNT seconds, the leases every REFRESH."""
+        for beat in itertools.count(1):
+            await asyncio.sleep(COUNT)
             with contextlib.suppress(StoreError):
-                await self.refresh()
+                await (self.refresh() if beat % (REFRESH // COUNT) == 0 else self.count())
 
     async def enrollment(self, device: str) -> Enrollment | None:
         try:

@@ -30,6 +30,7 @@ class Fleet:
     overlay: Overlay
     cluster: pg.Cluster
     database: str
+    url: str
     ca: Path
     gen: str = ""
     controls: dict[str, Path] = field(default_factory=dict)
@@ -41,9 +42,11 @@ class Fleet:
             f'[store]\nurl = "{url}"\npassword_file = "{self.cluster.password_file}"\n'
             f'[node]\nname = "{name}"\ntunnel_ttl = 6\n'
         )
-        config = deploy.server_config(
-            self.overlay.root / name, self.ca.parent, PASSWORD, host=ip, extra=store
-        )
+        config = self.overlay.root / name / "server.toml"
+        if not config.exists():
+            config = deploy.server_config(
+                self.overlay.root / name, self.ca.parent, PASSWORD, host=ip, extra=store
+            )
         self.servers[name] = deploy.start_server(ns, config)
         self.controls[name] = config.parent / "state" / "control.sock"
         deploy.wait_for(
@@ -119,7 +122,7 @@ def fleet(overlay: Overlay, postgres: pg.Cluster, postgres_url: str) -> Iterator
     ca = deploy.pki(overlay.root / "pki", ["overlay.test", SERVER_IP, NODE_B_IP])
     (overlay.root / "password").write_text(PASSWORD + "\n")
     database = urlsplit(postgres_url).path.lstrip("/")
-    made = Fleet(overlay, postgres, database, ca)
+    made = Fleet(overlay, postgres, database, postgres_url, ca)
     node_b = overlay.attach("nodeb", NODE_B_IP)
     made.gen = overlay.attach("gen", GEN_IP)
     netns.sysctl(made.gen, "net.ipv4.ip_local_port_range", "1024 65535")
@@ -225,6 +228,12 @@ def test_a_device_removed_on_one_node_loses_its_tunnel_on_another(fleet: Fleet) 
     listed = netns.run(SRV, [overlay, "device", "list", "--json", "--config", config_b])
     (row,) = json.loads(listed.stdout)
     assert row["leases"] == [f"default={fleet.addresses('a')['SIM-00000']}"]
+    # node b's status shows where the fleet's tunnels are, from the store
+    status = netns.run(SRV, [overlay, "status", "--json", "--config", config_b])
+    (tunnel,) = json.loads(status.stdout)["fleet"]
+    assert (tunnel["device"], tunnel["vrf"], tunnel["node"]) == ("SIM-00000", "default", "node-a")
+    text = netns.run(SRV, [overlay, "status", "SIM-00000", "--config", config_b]).stdout
+    assert "fleet: 1 tunnels; node-a 1" in text and "  default on node-a since " in text
     removed = fleet.overlay.run(SRV, overlay, "device", "remove", "SIM-00000", "--config", config_b)
     assert removed.returncode == 0, removed.stderr
     deploy.wait_for(
@@ -234,3 +243,22 @@ def test_a_device_removed_on_one_node_loses_its_tunnel_on_another(fleet: Fleet) 
             for e in log_events(fleet.overlay.root / "node-a" / "server.log")
         ),
     )
+
+
+def test_a_stopped_node_removes_its_tunnel_rows_and_a_dead_one_has_them_expire(
+    fleet: Fleet,
+) -> None:
+    fleet.loadgen(SERVER_IP, 1, tag="a").wait("up", timeout=60)
+    fleet.loadgen(NODE_B_IP, 1, first=1, tag="b").wait("up", timeout=60)
+
+    def rows() -> str:
+        return fleet.cluster.psql("SELECT node FROM tunnels ORDER BY node", fleet.database)
+
+    deploy.wait_for("both tunnels recorded", lambda: rows() == "node-a\nnode-b")
+    netns.stop(fleet.servers.pop("node-a"), timeout=10)  # SIGTERM: a clean stop
+    assert rows() == "node-b"
+    fleet.servers["node-b"].kill()  # dies: its rows stay until they expire (tunnel_ttl 6 s)
+    fleet.servers.pop("node-b").wait(timeout=10)
+    assert rows() == "node-b"
+    fleet.start_node("node-a", SRV, SERVER_IP, fleet.url)  # any live node expires them
+    deploy.wait_for("node b's rows expired", lambda: "node-b" not in rows(), timeout=20)

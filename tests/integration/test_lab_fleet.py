@@ -1,0 +1,57 @@
+"""The lab with a fleet: ``scripts/lab up --servers 2``, a failover, the lab's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import netns
+from lab.deploy import wait_for
+from lab.topology import Lab
+from tests.integration.test_lab import lab_cli
+
+pytestmark = pytest.mark.netns
+
+
+def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
+    """``scripts/lab up --servers 2``: the device fails over from srv to srv2 with the same
+    overlay address, and comes back to nobody's loss when srv starts again."""
+    directory = Path(f"/tmp/ovl-test-fleet-lab-{os.getpid()}")  # postgres must enter it
+    try:
+        up = lab_cli(directory, "up", "--devices", "1", "--servers", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        status = json.loads(lab_cli(directory, "status", "--json").stdout)
+        assert [(s["name"], s["netns"], s["url"], s["state"]) for s in status["servers"]] == [
+            ("srv", "ovl-srv", "wss://198.18.0.1:443/tun", "up"),
+            ("srv2", "ovl-srv2", "wss://198.18.0.2:443/tun", "up"),
+        ]
+        assert status["server"]["netns"] == "ovl-srv"  # node 1, as before the fleet
+        before = {d["vrf"]: (d["overlay"], d["server"]) for d in status["devices"]}
+        assert {server for _, server in before.values()} == {"srv"}
+
+        stopped = lab_cli(directory, "stop", "srv")
+        assert stopped.returncode == 0, stopped.stderr
+        lab = Lab(directory)
+        wait_for(
+            "the device on srv2",
+            lambda: (
+                {d["server"] for d in lab.status()["devices"] if d["state"] == "up"} == {"srv2"}
+                and all(d["state"] == "up" for d in lab.status()["devices"])
+            ),
+            timeout=60,
+        )
+        after = {d["vrf"]: d["overlay"] for d in lab.status()["devices"]}
+        assert after == {vrf: address for vrf, (address, _) in before.items()}
+
+        started = lab_cli(directory, "start", "srv")
+        assert started.returncode == 0, started.stderr
+        assert lab_cli(directory, "kill", "srv3").stderr.strip() == (
+            "error: no server 'srv3' in the lab (have: srv, srv2)"
+        )
+    finally:
+        lab_cli(directory, "down")
+    assert not netns.names("ovl-")
+    assert not directory.exists()
