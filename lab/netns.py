@@ -185,3 +185,16 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 10) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+def stop_pid(pidfile: Path, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Stop the daemon whose pid is in ``pidfile`` (``sig``, then SIGKILL after 5 s), if it
+    runs."""
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+        pid = int(pidfile.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)

@@ -10,14 +10,12 @@ with a scram-sha-256 password from a file, as an operator's would.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from lab import netns
@@ -68,15 +66,7 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop the cluster by its pid (immediate shutdown), if it runs."""
-        pidfile = self.data / "postmaster.pid"
-        with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-            pid = int(pidfile.read_text().splitlines()[0])
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-                for _ in range(100):
-                    os.kill(pid, 0)
-                    time.sleep(0.05)
-                os.kill(pid, signal.SIGKILL)
+        netns.stop_pid(self.data / "postmaster.pid", signal.SIGQUIT)  # immediate shutdown
 
     def remove(self) -> None:
         self.stop()

@@ -62,6 +62,12 @@ class NodeStatus(TypedDict):
     enrolled: int
     store: StoreStatus
     taken_over: int  # tunnels closed for a newer one of their (device, VRF) on another node
+    routes: RoutesStatus | None  # None: overlay.routes is off
+
+
+class RoutesStatus(TypedDict):
+    installed: int  # /32 kernel routes of this node's tunnels
+    errors: dict[str, int]  # route changes the kernel refused, by operation
 
 
 class LeaseStatus(TypedDict):

@@ -32,6 +32,7 @@ from overlay.server.listener import listen, listen_for_tunnels
 from overlay.server.node import Node
 from overlay.server.postgres import PostgresStore
 from overlay.server.qoe import MAX_REPORT, Collector, ReportWriter
+from overlay.server.routes import KernelRoutes
 from overlay.server.rulebook import Rulebook
 from overlay.server.store import Store, open_store
 from overlay.tun import Tun
@@ -54,6 +55,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.callback(tun.close)
         await tun.configure(config.interface, config.mtu)
         tun.set_offload(config.offload)
+        routes = await KernelRoutes.open(tun.name) if config.routes else None
+        if routes is not None:
+            stack.push_async_callback(routes.close)  # after the sessions: ours all go
 
         collector = None
         if config.qoe_port is not None:
@@ -78,6 +82,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             stack.callback(qoe.close)
 
         node = Node(config, store, tun, collector, rulebook, certificate.status)
+        node.routes = routes
         if isinstance(store, PostgresStore):  # a fleet: one live tunnel per (device, VRF)
             fleet = Fleet(
                 store, config.node, config.tunnel_ttl, node.live, node.newer_elsewhere, node.gone

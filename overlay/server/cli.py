@@ -11,6 +11,7 @@ overlay rule list|add|remove|move|renumber|reset|profiles
                                        the firewall rules, changed at run time
 overlay capture [DEVICE] -w FILE       what the server forwards, as pcap
 overlay reload                         reload the certificate, key and CRL (as SIGHUP)
+overlay bird-config                    BIRD 2's configuration from [bgp]: announce the tunnels
 overlay certs init|renew|client|revoke|pin
                                        a private PKI: CA, server and device certificates
 overlay hash-password                  hash a tunnel password for server.toml
@@ -37,6 +38,7 @@ import aiohttp
 from overlay import __version__, certs, control, identity, log, process, wire
 from overlay.exceptions import CommandError, ConfigError, ControlError, OverlayError, StoreError
 from overlay.server import auth, certificate, snmp
+from overlay.server.bgp import bird_config
 from overlay.server.certificate import day
 from overlay.server.config import (
     CONTROL_SOCKET,
@@ -157,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", type=Path, help=CONFIG_HELP)
     commands.add_parser("example-config", help="print a commented server.toml")
+    bird = commands.add_parser(
+        "bird-config", help="print BIRD 2's configuration from [bgp] (docs/reach.md)"
+    )
+    bird.add_argument("--config", type=Path, help=CONFIG_HELP)
     return parser
 
 
@@ -215,6 +221,15 @@ def main(argv: list[str] | None = None) -> int:
             return reload(load_server_config(args.config), args.json)
         if args.command == "hash-password":
             return hash_password()
+        if args.command == "bird-config":
+            config = load_server_config(args.config)
+            if config.bgp is None:
+                return process.fail(
+                    f"{args.config} has no [bgp] table: give local_as and a [[bgp.neighbor]] "
+                    "(docs/reach.md)"
+                )
+            print(bird_config(config.bgp, config.node), end="")
+            return 0
         if args.command == "example-config":
             print(EXAMPLE.read_text(), end="")
             return 0
@@ -767,6 +782,12 @@ def format_status(data: ServerStatus) -> str:
             f"store: {store['backend']} {'up' if store['up'] else 'UNAVAILABLE'}, "
             f"{server['enrolled']} devices enrolled"
             + (f", {store['races']} lease races" if store["races"] else "")
+        )
+    routes = server.get("routes")
+    if routes is not None and "flows" not in data:
+        lines.append(
+            f"routes: {routes['installed']} (protocol 250)"
+            + (f", refused: {counts(routes['errors'])}" if routes["errors"] else "")
         )
     if "fleet" in data:
         held = Counter(t["node"] for t in data["fleet"])

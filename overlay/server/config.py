@@ -17,6 +17,7 @@ from overlay.addressing import DEFAULT_POOL, OVERLAY, AddressPool
 from overlay.exceptions import ConfigError
 from overlay.server import rules
 from overlay.server.auth import Credentials, PasswordHash
+from overlay.server.bgp import BgpConfig, Neighbor
 from overlay.server.firewall import Limits
 from overlay.server.qoe import Quota
 
@@ -55,6 +56,8 @@ class ServerConfig:
     queue_target: float  # CoDel (overlay.codel): seconds a standing queue may add
     queue_interval: float
     offload: bool  # grant segmentation offload to devices that ask for it
+    routes: bool  # a /32 kernel route per tunnel (protocol 250), for a BGP daemon to announce
+    bgp: BgpConfig | None  # what overlay bird-config writes; None: no [bgp] table
     shared: Credentials | None  # the shared OVOC-style credential, if any
     auto_enroll: bool
     client_ca_file: Path | None  # CA of device certificates (mutual TLS); None: not asked for
@@ -117,6 +120,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     qoe = root.table("qoe")
     admin = root.table("admin")
     firewall = root.table("firewall")
+    bgp = root.table("bgp")
 
     url_path = listen.string("path", wire.DEFAULT_PATH)
     if not url_path.startswith("/"):
@@ -163,6 +167,8 @@ def load_server_config(path: str | Path) -> ServerConfig:
         queue_target=overlay.number("queue_target", codel.TARGET, low=0.0001, high=1),
         queue_interval=overlay.number("queue_interval", codel.INTERVAL, low=0.001, high=10),
         offload=overlay.flag("offload", True),
+        routes=overlay.flag("routes", True),
+        bgp=bgp_config(bgp, listen.string("host", "0.0.0.0")) if root.has("bgp") else None,
         shared=shared,
         auto_enroll=auth.flag("auto_enroll", False),
         client_ca_file=auth.optional_file("client_ca_file"),
@@ -202,9 +208,46 @@ def load_server_config(path: str | Path) -> ServerConfig:
         configfile.offload_room(overlay, "queue_bytes", config.queue_bytes)
     if config.store_password_file is not None and config.store_url is None:
         store.fail("password_file", "a password is for a PostgreSQL store: set store.url too")
-    for table in (listen, overlay, auth, state, store, logging, node, qoe, admin, firewall, root):
+    if config.bgp is not None and not config.routes:
+        overlay.fail("routes", "must be true with [bgp]: BIRD announces the tunnels' routes")
+    for table in (
+        listen,
+        overlay,
+        auth,
+        state,
+        store,
+        bgp,
+        logging,
+        node,
+        qoe,
+        admin,
+        firewall,
+        root,
+    ):
         table.done()
     return config
+
+
+def bgp_config(table: configfile.Table, host: str) -> BgpConfig:
+    """``[bgp]`` and its ``[[bgp.neighbor]]`` tables (at least one)."""
+    default_id = host if host not in ("0.0.0.0", "") else None
+    if not table.has("router_id") and default_id is None:
+        table.fail("router_id", "is needed when listen.host is 0.0.0.0: the node's own address")
+    neighbors = []
+    for entry in table.tables("neighbor"):
+        neighbors.append(
+            Neighbor(entry.ipv4("address", ""), entry.integer("as", low=1, high=4_294_967_295))
+        )
+        entry.done()
+    if not neighbors:
+        table.fail("neighbor", "give at least one [[bgp.neighbor]] (address, as): a router")
+    return BgpConfig(
+        local_as=table.integer("local_as", low=1, high=4_294_967_295),
+        router_id=table.ipv4("router_id", default_id or ""),
+        neighbors=tuple(neighbors),
+        bfd=table.flag("bfd", True),
+        hold_time=table.integer("hold_time", 9, low=3, high=65535),
+    )
 
 
 def store_url(table: configfile.Table) -> str | None:

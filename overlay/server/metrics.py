@@ -70,6 +70,19 @@ class StatusCollector(Collector):
             "Tunnels closed (4001) because their device opened a newer one on another node.",
             value=server["taken_over"],
         )
+        routes = server["routes"]
+        if routes is not None:
+            yield GaugeMetricFamily(
+                "overlay_routes",
+                "Kernel /32 routes of this node's tunnels (protocol 250).",
+                value=routes["installed"],
+            )
+            errors = CounterMetricFamily(
+                "overlay_route_errors", "Route changes the kernel refused.", labels=["op"]
+            )
+            for op, count in sorted(routes["errors"].items()):
+                errors.add_metric([op], count)
+            yield errors
         handshakes = CounterMetricFamily(
             "overlay_handshakes", "Tunnels opened.", value=server["handshakes"]
         )

@@ -24,6 +24,7 @@ from overlay.server.gate import Gate
 from overlay.server.policy import Policy
 from overlay.server.qoe import Collector
 from overlay.server.router import Router
+from overlay.server.routes import KernelRoutes
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.server.store import Store
@@ -61,6 +62,7 @@ class Node:
         self.handshakes = 0
         self._sessions: set[ServerSession] = set()
         self.fleet: Fleet | None = None  # with a PostgreSQL store: the fleet's tunnel table
+        self.routes: KernelRoutes | None = None  # a /32 per tunnel, for BGP (overlay.routes)
         self.taken_over = 0  # tunnels closed for a newer one on another node
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = Counters()  # what sessions that have ended carried and dropped
@@ -71,6 +73,8 @@ class Node:
         self._sessions.add(session)
         if self.fleet is not None:
             self.fleet.claim(tunnel(session))
+        if self.routes is not None:
+            self.routes.add(session.lease.address)
         return self.router.attach(session)
 
     def ended(self, session: ServerSession) -> None:
@@ -79,6 +83,8 @@ class Node:
         self._closed.merge(session.counters)
         if self.fleet is not None:
             self.fleet.drop(tunnel(session))
+        if self.routes is not None and session.key not in self.router.by_key:
+            self.routes.remove(session.lease.address)  # not when a newer session holds it
 
     def live(self) -> list[Tunnel]:
         """The tunnels this node carries now, for the fleet's table."""
@@ -121,6 +127,9 @@ class Node:
                 "enrolled": self.store.enrolled(),
                 "store": self.store.status(),
                 "taken_over": self.taken_over,
+                "routes": None
+                if self.routes is None
+                else {"installed": len(self.routes.installed), "errors": dict(self.routes.errors)},
             },
             "sessions": sorted(sessions, key=lambda s: s["address"]),
             "leases": [

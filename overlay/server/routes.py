@@ -1,0 +1,120 @@
+"""A kernel route per tunnel: the device's /32 towards this node's TUN.
+
+The routes carry a routing protocol number of our own (``PROTOCOL``, 250), so
+that the server touches nothing else in the routing table and a BGP daemon can
+pick exactly these (BIRD: ``krt_source = 250``, docs/reach.md). A node removes
+all of its protocol's routes when it starts (what a killed run left) and when
+it stops. Route changes are written over netlink (pyroute2) in order, in one
+thread, so that a handshake never waits for the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = structlog.get_logger("overlay.server")
+
+T = TypeVar("T")
+PROTOCOL = 250  # /etc/iproute2/rt_protos has nothing there; ours
+
+
+class KernelRoutes:
+    """The /32 routes of the tunnels this node holds, towards ``device``.
+
+    pyroute2's netlink socket runs in one thread of its own: its asyncio API needs a
+    datagram endpoint uvloop does not offer, and its sync API blocks."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.installed: set[ipaddress.IPv4Address] = set()
+        self.errors: Counter[str] = Counter()  # failed route changes, by operation
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="routes")
+        self._ipr: IPRoute | None = None
+        self._index = 0
+        self._changes: asyncio.Queue[tuple[str, ipaddress.IPv4Address]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, device: str) -> KernelRoutes:
+        """Routes towards ``device`` (the TUN, up already); ours left by a killed run go."""
+        routes = cls(device)
+        await routes._call(routes._open)
+        removed = await routes._call(routes._flush)
+        if removed:
+            log.info("removed routes a previous run left", routes=removed, device=device)
+        routes._writer = asyncio.create_task(routes._write())
+        return routes
+
+    def add(self, address: ipaddress.IPv4Address) -> None:
+        """Route ``address`` to the TUN (soon, in order with the other changes)."""
+        self._changes.put_nowait(("replace", address))
+
+    def remove(self, address: ipaddress.IPv4Address) -> None:
+        self._changes.put_nowait(("del", address))
+
+    async def close(self) -> None:
+        """Stop writing and remove every route of ours."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self._call(self._flush)
+        await self._call(self._close)
+        self._thread.shutdown()
+
+    async def _write(self) -> None:
+        while True:
+            op, address = await self._changes.get()
+            try:
+                await self._call(self._change, op, address)
+            except NetlinkError as exc:
+                self.errors[op] += 1
+                log.error(
+                    "cannot change a tunnel's route", op=op, address=str(address), error=str(exc)
+                )
+                continue
+            if op == "replace":
+                self.installed.add(address)
+            else:
+                self.installed.discard(address)
+
+    async def _call(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    # In the routes thread:
+
+    def _open(self) -> None:
+        self._ipr = IPRoute()
+        (self._index,) = self._ipr.link_lookup(ifname=self.device)
+
+    def _change(self, op: str, address: ipaddress.IPv4Address) -> None:
+        assert self._ipr is not None
+        self._ipr.route(op, dst=f"{address}/32", oif=self._index, proto=PROTOCOL, scope="link")
+
+    def _flush(self) -> int:
+        """Remove every route of our protocol from the main table; how many there were."""
+        assert self._ipr is not None
+        found = [
+            (r.get("RTA_DST"), r["dst_len"])
+            for r in self._ipr.route("dump", family=socket.AF_INET, proto=PROTOCOL)
+        ]
+        for destination, length in found:
+            with contextlib.suppress(NetlinkError):
+                self._ipr.route("del", dst=f"{destination}/{length}", proto=PROTOCOL, scope="link")
+        self.installed.clear()
+        return len(found)
+
+    def _close(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
