@@ -63,6 +63,12 @@ class NodeStatus(TypedDict):
     store: StoreStatus
     taken_over: int  # tunnels closed for a newer one of their (device, VRF) on another node
     routes: RoutesStatus | None  # None: overlay.routes is off
+    bird: BirdStatus | None  # None: no [bgp]
+
+
+class BirdStatus(TypedDict):
+    socket: str
+    up: bool | None  # whether BIRD answered on its socket last time; None: not looked yet
 
 
 class RoutesStatus(TypedDict):

@@ -23,6 +23,7 @@ from overlay import control, systemd
 from overlay.exceptions import ConfigError
 from overlay.process import spare_full_collections
 from overlay.server import admin
+from overlay.server.birdwatch import BirdWatch
 from overlay.server.capture import capture_handler
 from overlay.server.certificate import ServerCertificate, day
 from overlay.server.config import ServerConfig
@@ -83,6 +84,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
 
         node = Node(config, store, tun, collector, rulebook, certificate.status)
         node.routes = routes
+        if config.bgp is not None:
+            node.bird = BirdWatch(config.bgp.bird_socket)
+            looking = asyncio.create_task(node.bird.run())
+            stack.push_async_callback(cancel, looking)
         if isinstance(store, PostgresStore):  # a fleet: one live tunnel per (device, VRF)
             fleet = Fleet(
                 store, config.node, config.tunnel_ttl, node.live, node.newer_elsewhere, node.gone

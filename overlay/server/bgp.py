@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from overlay.server.routes import PROTOCOL
 
@@ -29,6 +30,7 @@ class BgpConfig:
     neighbors: tuple[Neighbor, ...]
     bfd: bool  # BFD on every session: a lost node's routes go within a second
     hold_time: int  # seconds; keepalives every third of it
+    bird_socket: Path  # BIRD's control socket: the node checks that BIRD runs
 
 
 def bird_config(bgp: BgpConfig, node: str) -> str:

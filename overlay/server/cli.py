@@ -60,6 +60,7 @@ from overlay.status import FleetTunnel, FlowStatus, ServerStatus, server_status
 from overlay.text import counts, duration
 
 T = TypeVar("T")
+BIRD_STATES = {True: "announces them", False: "NOT RUNNING: not announced", None: "not checked yet"}
 MIN_PASSWORD = 8
 
 
@@ -785,9 +786,11 @@ def format_status(data: ServerStatus) -> str:
         )
     routes = server.get("routes")
     if routes is not None and "flows" not in data:
+        bird = server.get("bird")
         lines.append(
             f"routes: {routes['installed']} (protocol 250)"
             + (f", refused: {counts(routes['errors'])}" if routes["errors"] else "")
+            + ("" if bird is None else ", BIRD " + BIRD_STATES[bird["up"]])
         )
     if "fleet" in data:
         held = Counter(t["node"] for t in data["fleet"])

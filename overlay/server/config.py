@@ -247,6 +247,7 @@ def bgp_config(table: configfile.Table, host: str) -> BgpConfig:
         neighbors=tuple(neighbors),
         bfd=table.flag("bfd", True),
         hold_time=table.integer("hold_time", 9, low=3, high=65535),
+        bird_socket=Path(table.string("bird_socket", "/run/bird/bird.ctl")),
     )
 
 

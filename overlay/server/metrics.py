@@ -83,6 +83,13 @@ class StatusCollector(Collector):
             for op, count in sorted(routes["errors"].items()):
                 errors.add_metric([op], count)
             yield errors
+        bird = server["bird"]
+        if bird is not None and bird["up"] is not None:
+            yield GaugeMetricFamily(
+                "overlay_bgp_daemon_up",
+                "Whether BIRD answers on its control socket (0: the tunnels are not announced).",
+                value=int(bird["up"]),
+            )
         handshakes = CounterMetricFamily(
             "overlay_handshakes", "Tunnels opened.", value=server["handshakes"]
         )

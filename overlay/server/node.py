@@ -17,6 +17,7 @@ import structlog
 
 from overlay import __version__, wire
 from overlay.counters import Counters
+from overlay.server.birdwatch import BirdWatch
 from overlay.server.config import ServerConfig
 from overlay.server.firewall import Firewall
 from overlay.server.fleet import Fleet, Tunnel
@@ -63,6 +64,7 @@ class Node:
         self._sessions: set[ServerSession] = set()
         self.fleet: Fleet | None = None  # with a PostgreSQL store: the fleet's tunnel table
         self.routes: KernelRoutes | None = None  # a /32 per tunnel, for BGP (overlay.routes)
+        self.bird: BirdWatch | None = None  # with [bgp]: whether BIRD runs to announce them
         self.taken_over = 0  # tunnels closed for a newer one on another node
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = Counters()  # what sessions that have ended carried and dropped
@@ -130,6 +132,9 @@ class Node:
                 "routes": None
                 if self.routes is None
                 else {"installed": len(self.routes.installed), "errors": dict(self.routes.errors)},
+                "bird": None
+                if self.bird is None
+                else {"socket": str(self.bird.socket), "up": self.bird.up},
             },
             "sessions": sorted(sessions, key=lambda s: s["address"]),
             "leases": [

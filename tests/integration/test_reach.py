@@ -19,11 +19,12 @@ from tests.integration.conftest import PASSWORD, SERVER_IP, SRV, Overlay
 pytestmark = pytest.mark.netns
 
 ROUTER_IP = "198.18.0.254"
-BGP = f"""
+BGP = """
 [bgp]
 local_as = 65010
+bird_socket = "{socket}"
 [[bgp.neighbor]]
-address = "{ROUTER_IP}"
+address = "{router}"
 as = 65000
 """
 
@@ -47,15 +48,19 @@ def bgp_routes(frr: Frr) -> set[str]:
 def test_each_tunnel_is_a_kernel_route_that_bird_announces_to_the_router(
     overlay: Overlay, frr: Frr
 ) -> None:
+    bird = Bird(overlay.root / "bird", SRV)
     config = deploy.server_config(
-        overlay.root / "server", overlay.pki_dir, PASSWORD, host=SERVER_IP, extra=BGP
+        overlay.root / "server",
+        overlay.pki_dir,
+        PASSWORD,
+        host=SERVER_IP,
+        extra=BGP.format(socket=bird.socket, router=ROUTER_IP),
     )
     overlay.server_config = config
     overlay.start_server()
     made = overlay.run(SRV, str(BIN / "overlay"), "bird-config", "--config", str(config))
     assert made.returncode == 0, made.stderr
     assert "import where krt_source = 250" in made.stdout
-    bird = Bird(overlay.root / "bird", SRV)
     bird.start(made.stdout)
     try:
         frr.start(frr_peer_config(65000, ROUTER_IP, {SERVER_IP: 65010}, bfd=True))
@@ -81,6 +86,17 @@ def test_each_tunnel_is_a_kernel_route_that_bird_announces_to_the_router(
 
         overlay.start_device(device)
         deploy.wait_for("the route again", lambda: route in bgp_routes(frr))
+        assert overlay.server_status()["server"]["bird"]["up"] is True
+
+        bird.stop()  # the node keeps its tunnels, and says that nobody announces them
+        deploy.wait_for(
+            "the node noticing BIRD gone",
+            lambda: overlay.server_status()["server"]["bird"]["up"] is False,
+        )
+        assert "BIRD does not answer" in overlay.server_log.read_text()
+        assert len(overlay.server_status()["sessions"]) == 1
+        bird.start(made.stdout)
+        deploy.wait_for("the route announced again", lambda: route in bgp_routes(frr), timeout=30)
         assert overlay.server is not None
         overlay.server.kill()  # a node that dies: its TUN and its routes go with it
         started = time.monotonic()
