@@ -259,11 +259,11 @@ def store_url(table: configfile.Table) -> str | None:
         return None
     if not url.startswith(("postgresql://", "postgres://")):
         table.fail("url", f"{url!r} is neither sqlite: nor a postgresql:// URL")
-    from psycopg.conninfo import conninfo_to_dict  # libpq parses it, as it will connect
+    import psycopg.conninfo  # libpq parses it, as it will connect
 
     try:
-        parts = conninfo_to_dict(url)
-    except Exception as exc:  # psycopg.ProgrammingError: libpq's message
+        parts = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:  # libpq's message
         table.fail("url", f"not a PostgreSQL URL: {str(exc).strip().splitlines()[0]}")
     if "password" in parts:
         table.fail(

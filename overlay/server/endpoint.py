@@ -302,7 +302,7 @@ class Endpoint:
         except PoolExhaustedError as exc:
             return self._refuse(request, Refusal(503, "pool-exhausted", str(exc)), checked.device)
         except StoreError as exc:
-            if not node.store.up:  # the store logged the outage once
+            if not node.store.status()["up"]:  # the store logged the outage once
                 return self._refuse(
                     request, STORE_UNAVAILABLE, checked.device, retry_after=RETRY_STORE
                 )

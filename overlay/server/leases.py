@@ -71,9 +71,6 @@ class LeaseTable:
         """The lease holding ``address``, if any."""
         return self._by_address.get(address)
 
-    def taken(self, address: ipaddress.IPv4Address) -> bool:
-        return address in self._by_address
-
     def free(
         self,
         also_taken: Container[ipaddress.IPv4Address] = (),

@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from overlay.exceptions import PoolExhaustedError, StoreError, VrfLimitError
 from overlay.server.config import ServerConfig
 from overlay.server.leases import Lease, LeaseTable
-from overlay.server.registry import Enrollment
+from overlay.server.registry import COLUMNS, Enrollment, enrollment_of
 from overlay.server.sqlite import COMMIT_WINDOW
 from overlay.status import StoreStatus
 
@@ -92,7 +92,6 @@ CREATE TABLE tunnels (
 CREATE INDEX tunnels_node ON tunnels (node);
 """,
 ]
-DEVICE_COLUMNS = "id, password_hash, created, client_cert, max_vrfs"
 LEASE_COLUMNS = "device, vrf, address, created"
 
 
@@ -173,10 +172,6 @@ class PostgresStore:
         store._refresher = asyncio.create_task(store._refreshing())
         return store
 
-    @property
-    def up(self) -> bool:
-        return self._up
-
     def __len__(self) -> int:
         return len(self.table)
 
@@ -227,9 +222,7 @@ class PostgresStore:
     async def enrollment(self, device: str) -> Enrollment | None:
         try:
             rows = await self.run(
-                lambda conn: fetch(
-                    conn, f"SELECT {DEVICE_COLUMNS} FROM devices WHERE id = %s", (device,)
-                )
+                lambda conn: fetch(conn, f"SELECT {COLUMNS} FROM devices WHERE id = %s", (device,))
             )
         except StoreError:
             known = self._enrollments.get(device)
@@ -239,7 +232,7 @@ class PostgresStore:
         if not rows:
             self._enrollments.pop(device, None)
             return None
-        enrollment = _enrollment(rows[0])
+        enrollment = enrollment_of(rows[0])
         self._enrollments[device] = enrollment
         return enrollment
 
@@ -254,7 +247,7 @@ class PostgresStore:
         rows = await self.run(
             lambda conn: fetch(
                 conn,
-                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
+                f"INSERT INTO devices ({COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
                 "client_cert = excluded.client_cert, max_vrfs = excluded.max_vrfs "
                 "RETURNING (xmax = 0)",  # true: a new row, not an update
@@ -267,10 +260,10 @@ class PostgresStore:
 
     async def enrollments(self) -> list[Enrollment]:
         rows = await self.run(
-            lambda conn: fetch(conn, f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY id", ())
+            lambda conn: fetch(conn, f"SELECT {COLUMNS} FROM devices ORDER BY id", ())
         )
         self._enrolled = len(rows)
-        return [_enrollment(row) for row in rows]
+        return [enrollment_of(row) for row in rows]
 
     async def unenroll(self, device: str) -> bool:
         rows = await self.run(
@@ -421,9 +414,6 @@ class PostgresStore:
             self._enrollments.setdefault(device, Enrollment(device, None, now))
         if after is not None:
             self.table.last = after
-        for want in wants:
-            if (want.device, want.vrf) not in results:
-                results[(want.device, want.vrf)] = StoreError("lease lost in its batch")
         return results
 
     async def release(self, device: str) -> list[Lease]:
@@ -565,7 +555,3 @@ def columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
 def _lease(row: TupleRow) -> Lease:
     device, vrf, address, created = row
     return Lease(device, vrf, ipaddress.IPv4Address(address), created)
-
-
-def _enrollment(row: TupleRow) -> Enrollment:
-    return Enrollment(row[0], row[1], row[2], bool(row[3]), row[4])

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from overlay.exceptions import StoreError
 from overlay.server.sqlite import GroupCommit, Migration, connect
@@ -58,6 +60,11 @@ class Enrollment:
     max_vrfs: int | None = None  # None: the server's auth.max_vrfs
 
 
+def enrollment_of(row: Sequence[Any]) -> Enrollment:
+    """An enrolment from a row of ``COLUMNS`` (SQLite's or PostgreSQL's)."""
+    return Enrollment(row[0], row[1], row[2], bool(row[3]), row[4])
+
+
 class Registry:
     def __init__(self, path: Path, batch: GroupCommit | None = None) -> None:
         self.path = path
@@ -66,7 +73,7 @@ class Registry:
 
     def get(self, device: str) -> Enrollment | None:
         row = self._query(f"SELECT {COLUMNS} FROM devices WHERE id = ?", device)
-        return self._enrollment(row[0]) if row else None
+        return enrollment_of(row[0]) if row else None
 
     def add(
         self,
@@ -96,10 +103,6 @@ class Registry:
         )
         return enrollment
 
-    @staticmethod
-    def _enrollment(row: tuple[str, str | None, float, int, int | None]) -> Enrollment:
-        return Enrollment(row[0], row[1], row[2], bool(row[3]), row[4])
-
     def remove(self, device: str) -> bool:
         if self.batch is not None:
             self.batch.flush()
@@ -110,7 +113,7 @@ class Registry:
 
     def all(self) -> list[Enrollment]:
         rows = self._query(f"SELECT {COLUMNS} FROM devices ORDER BY id")
-        return [self._enrollment(row) for row in rows]
+        return [enrollment_of(row) for row in rows]
 
     def close(self) -> None:
         self._db.close()

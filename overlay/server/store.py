@@ -22,10 +22,6 @@ from overlay.status import StoreStatus
 
 
 class Store(Protocol):
-    @property
-    def up(self) -> bool:
-        """Whether the last request to the store succeeded."""
-
     def __len__(self) -> int:
         """The number of leases this server knows."""
 
@@ -38,7 +34,8 @@ class Store(Protocol):
     def enrolled(self) -> int:
         """How many devices are enrolled (recent, not necessarily exact, in a fleet)."""
 
-    def status(self) -> StoreStatus: ...
+    def status(self) -> StoreStatus:
+        """The backend, whether its last request succeeded, and its counters."""
 
     async def enrollment(self, device: str) -> Enrollment | None:
         """The device's enrolment, read at every handshake: ``device add`` takes effect
@@ -74,8 +71,6 @@ class SqliteStore:
     """The registry and the leases in the state directory's SQLite files, their new rows
     committed together (:class:`GroupCommit`)."""
 
-    up = True  # a local file: its errors are errors, not an outage
-
     def __init__(self, config: ServerConfig) -> None:
         self.commits = GroupCommit()
         self.leases = LeaseStore(config.lease_file, config.pool, self.commits)
@@ -98,6 +93,7 @@ class SqliteStore:
         return self.registry.count()
 
     def status(self) -> StoreStatus:
+        # a local file: its errors are errors, not an outage
         return {"backend": "sqlite", "up": True, "races": 0, "outages": 0}
 
     async def enrollment(self, device: str) -> Enrollment | None:

@@ -86,7 +86,10 @@ def test_each_tunnel_is_a_kernel_route_that_bird_announces_to_the_router(
 
         overlay.start_device(device)
         deploy.wait_for("the route again", lambda: route in bgp_routes(frr))
-        assert overlay.server_status()["server"]["bird"]["up"] is True
+        deploy.wait_for(  # the node looks every 5 s; it started before BIRD
+            "the node seeing BIRD run",
+            lambda: overlay.server_status()["server"]["bird"]["up"] is True,
+        )
 
         bird.stop()  # the node keeps its tunnels, and says that nobody announces them
         deploy.wait_for(

@@ -157,26 +157,41 @@ async def test_two_nodes_never_share_an_address_or_lease_a_device_twice(opened: 
 
 
 async def test_a_newer_schema_is_refused_untouched(
-    opened: Opener, backend: str, config_for: Callable[..., ServerConfig], postgres_url: str
+    opened: Opener, backend: str, config_for: Callable[..., ServerConfig]
 ) -> None:
     store = await opened()
     await store.lease("SN-1", "default", 8)
     await store.close()
     config = config_for()
-    if backend == "sqlite":
-        db = sqlite3.connect(config.lease_file)
-        db.execute("PRAGMA user_version = 99")
-        db.close()
-    else:
+
+    def query(sql: str) -> list[tuple[object, ...]]:
+        """``sql`` on the store itself, outside the overlay."""
+        if backend == "sqlite":
+            db = sqlite3.connect(config.lease_file)
+            try:
+                return db.execute(sql).fetchall()
+            finally:
+                db.commit()
+                db.close()
         import psycopg
 
-        assert config.store_url is not None
-        password = config.store_password_file.read_text().strip()  # type: ignore[union-attr]
+        assert config.store_url is not None and config.store_password_file is not None
+        password = config.store_password_file.read_text().strip()
         with psycopg.connect(config.store_url, password=password, autocommit=True) as conn:
-            conn.execute("UPDATE overlay_schema SET version = 99")
+            cursor = conn.execute(sql.encode())
+            return cursor.fetchall() if cursor.description else []
+
+    version = "PRAGMA user_version" if backend == "sqlite" else "SELECT version FROM overlay_schema"
+    query(
+        "PRAGMA user_version = 99"
+        if backend == "sqlite"
+        else "UPDATE overlay_schema SET version = 99"
+    )
     with pytest.raises(StoreError, match="schema version 99, newer than this overlay knows") as e:
         await open_store(config)
     assert "\n" not in str(e.value)
+    assert query(version) == [(99,)]  # untouched: no migration ran
+    assert query("SELECT device FROM leases") == [("SN-1",)]
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
