@@ -199,6 +199,23 @@ class RefusedVrf:
         }
 
 
+def management_routes(
+    routes: tuple[str, ...], overlay: ipaddress.IPv4Interface, server: str | None
+) -> tuple[frozenset[ipaddress.IPv4Network], list[tuple[str, str]]]:
+    """The pushed routes this device may take, and those it refuses with why: one that
+    holds the server it talks to (the tunnel would carry itself) or overlaps the overlay."""
+    keep, refused = set(), []
+    for text in routes:
+        network = ipaddress.IPv4Network(text)  # the hello's parser checked it
+        if server is not None and ipaddress.ip_address(server) in network:
+            refused.append((text, f"it holds the server's address {server}"))
+        elif network.overlaps(overlay.network):
+            refused.append((text, "it overlaps the overlay"))
+        else:
+            keep.add(network)
+    return frozenset(keep), refused
+
+
 class DeviceTunnel:
     """The device's tunnel for one VRF, kept up until stopped."""
 
@@ -393,6 +410,25 @@ class DeviceTunnel:
         except (aiohttp.ClientError, OSError, TimeoutError, HelloError) as exc:
             raise explain(exc, url, self.vrf, config.device_id, proxy) from None
 
+    def _route_management(
+        self, hello: wire.Hello, address: ipaddress.IPv4Interface, peer: Any
+    ) -> None:
+        """Route the management LAN the hello names into the TUN, so that replies to flows
+        opened from it come back through the tunnel (docs/protocol.md, "Routes")."""
+        if self.backend.kind == "vrf" and hello.routes:
+            self.log.warning(
+                "the server names management routes; the vrf backend does not install them",
+                routes=list(hello.routes),
+            )
+            return
+        keep, refused = management_routes(hello.routes, address, peer[0] if peer else None)
+        for network, why in refused:
+            self.log.warning("management route refused", route=network, reason=why)
+        try:
+            self.tun.route(keep)
+        except TunError as exc:
+            self.log.error("cannot route the management LAN into the tunnel", error=str(exc))
+
     async def _receive_hello(self, ws: aiohttp.ClientWebSocketResponse) -> wire.Hello:
         message = await ws.receive(timeout=HELLO_TIMEOUT)
         if message.type is not aiohttp.WSMsgType.TEXT:
@@ -407,6 +443,7 @@ class DeviceTunnel:
             self.log.warning("overlay address changed", old=self.hello.address, new=hello.address)
         await self.tun.configure(address, hello.mtu, self.config.tun_queue_length)
         self.tun.set_offload(hello.offload)
+        self._route_management(hello, address, ws._writer.transport.get_extra_info("peername"))
         self.hello, self.server, self.last_error = hello, url, None
         self._enter(TunnelState.UP, server=url, address=hello.address, session=hello.session)
         if self.vrf.insecure:

@@ -29,6 +29,7 @@ class SessionStatus(Traffic):
     device: str
     vrf: str
     address: str
+    lan_address: str | None  # its routable address ([lan] prefix); None without one
     peer: str
     session: str
     state: str
@@ -64,6 +65,7 @@ class NodeStatus(TypedDict):
     taken_over: int  # tunnels closed for a newer one of their (device, VRF) on another node
     routes: RoutesStatus | None  # None: overlay.routes is off
     bird: BirdStatus | None  # None: no [bgp]
+    lan: LanStatus | None  # None: no [lan] or [[service]]
 
 
 class BirdStatus(TypedDict):
@@ -80,6 +82,14 @@ class LeaseStatus(TypedDict):
     device: str
     vrf: str
     address: str
+    lan_address: str | None
+
+
+class LanStatus(TypedDict):
+    prefix: str | None  # the routable pool
+    maps: str | None  # the overlay block it maps, host bits kept
+    management: list[str]  # prefixes the hello tells devices to route into the tunnel
+    services: list[str]  # [[service]] entries: proto/port -> host:port
 
 
 class FirewallStatus(TypedDict):

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import pytun
 
+from overlay import rtnl
 from overlay.exceptions import TunError
 from overlay.namespace import in_netns
 from overlay.offload import MAX_RECORD
@@ -83,6 +84,7 @@ class Tun:
         self.fd: int = device.fileno()
         self.offload = False
         self.address: ipaddress.IPv4Interface | None = None
+        self.routes: frozenset[ipaddress.IPv4Network] = frozenset()  # ours, through the device
         os.set_blocking(self.fd, False)
 
     @classmethod
@@ -140,6 +142,24 @@ class Tun:
                 f"cannot configure TUN {self.name} with {address} mtu {mtu}: {exc.strerror}"
             ) from None
         self.address = address
+
+    def route(self, networks: frozenset[ipaddress.IPv4Network]) -> None:
+        """Route exactly ``networks`` through the device (the management LAN a hello
+        names): the ones no longer named go. TunError naming the route that failed."""
+        changes = [(rtnl.RTM_DELROUTE, n) for n in sorted(self.routes - networks)]
+        changes += [(rtnl.RTM_NEWROUTE, n) for n in sorted(networks - self.routes)]
+        with in_netns(self.netns):
+            for kind, network in changes:
+                try:
+                    rtnl.change_route(kind, network, self.name)
+                except OSError as exc:
+                    raise TunError(
+                        f"cannot change a route through TUN {self.name}: {exc}"
+                    ) from None
+                if kind == rtnl.RTM_NEWROUTE:
+                    self.routes |= {network}
+                else:
+                    self.routes -= {network}
 
     def set_offload(self, on: bool) -> None:
         """Let the kernel hand over large TCP segments and unfinished checksums, or not."""

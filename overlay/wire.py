@@ -67,13 +67,19 @@ class Hello:
     max_message: int
     session: str
     offload: bool = False  # each packet on the wire comes behind its virtio-net header
+    routes: tuple[str, ...] = ()  # the management LAN: the device routes replies to these here
     version: int = VERSION
     type: str = "hello"
 
     def serialize(self) -> str:
         # Not asdict(), which deep-copies every value: a reconnect storm sends thousands a second.
+        # routes only when there are some: a hello without [lan] is as it always was
         return _COMPACT_JSON.encode(
-            {field.name: getattr(self, field.name) for field in fields(self)}
+            {
+                field.name: getattr(self, field.name)
+                for field in fields(self)
+                if field.name != "routes" or self.routes
+            }
         )
 
     @classmethod
@@ -115,7 +121,14 @@ class Hello:
         offload = data.get("offload", False)
         if not isinstance(offload, bool):
             raise HelloError("hello field 'offload' is not true or false")
-        return cls(**{name: data[name] for name in fields}, offload=offload)
+        routes = data.get("routes", [])
+        if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+            raise HelloError("hello field 'routes' is not a list of networks")
+        try:
+            routes = [str(ipaddress.IPv4Network(r)) for r in routes]
+        except ValueError as exc:
+            raise HelloError(f"hello carries a bad route: {exc}") from None
+        return cls(**{name: data[name] for name in fields}, offload=offload, routes=tuple(routes))
 
 
 def offered_version(protocols: Iterable[str]) -> int | None:

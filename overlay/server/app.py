@@ -22,7 +22,7 @@ from aiohttp import web
 from overlay import control, systemd
 from overlay.exceptions import ConfigError
 from overlay.process import spare_full_collections
-from overlay.server import admin
+from overlay.server import admin, nft
 from overlay.server.birdwatch import BirdWatch
 from overlay.server.capture import capture_handler
 from overlay.server.certificate import ServerCertificate, day
@@ -59,6 +59,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         routes = await KernelRoutes.open(tun.name) if config.routes else None
         if routes is not None:
             stack.push_async_callback(routes.close)  # after the sessions: ours all go
+        if config.lan.translates:
+            await nft.install(config.lan, tun.name, config.address)
+            stack.push_async_callback(nft.remove)
 
         collector = None
         if config.qoe_port is not None:

@@ -33,8 +33,12 @@ class BgpConfig:
     bird_socket: Path  # BIRD's control socket: the node checks that BIRD runs
 
 
-def bird_config(bgp: BgpConfig, node: str) -> str:
-    """The whole bird.conf of node ``node``."""
+def bird_config(bgp: BgpConfig, node: str, lan: ipaddress.IPv4Network | None = None) -> str:
+    """The whole bird.conf of node ``node``; with ``lan`` (``[lan] prefix``) only the
+    tunnels' routable addresses are announced, not their overlay ones."""
+    learn = f"krt_source = {PROTOCOL}"
+    if lan is not None:
+        learn += f" && net ~ [ {lan}{{32,32}} ]"
     lines = [
         f"# BIRD 2 configuration of overlay node {node}, made by overlay bird-config.",
         "# It announces the /32 routes of this node's tunnels (kernel protocol",
@@ -44,7 +48,7 @@ def bird_config(bgp: BgpConfig, node: str) -> str:
         "protocol device { scan time 10; }",
         "",
         "protocol kernel overlay_tunnels {",
-        f"    ipv4 {{ import where krt_source = {PROTOCOL}; export none; }};",
+        f"    ipv4 {{ import where {learn}; export none; }};",
         "    learn;          # routes that overlay serve put in the kernel",
         "    scan time 1;    # and, besides netlink's notices, a rescan every second",
         "}",

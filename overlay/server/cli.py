@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.config} has no [bgp] table: give local_as and a [[bgp.neighbor]] "
                     "(docs/reach.md)"
                 )
-            print(bird_config(config.bgp, config.node), end="")
+            print(bird_config(config.bgp, config.node, config.lan.prefix), end="")
             return 0
         if args.command == "example-config":
             print(EXAMPLE.read_text(), end="")

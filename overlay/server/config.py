@@ -19,6 +19,8 @@ from overlay.server import rules
 from overlay.server.auth import Credentials, PasswordHash
 from overlay.server.bgp import BgpConfig, Neighbor
 from overlay.server.firewall import Limits
+from overlay.server.lan import PROTOCOLS as SERVICE_PROTOCOLS
+from overlay.server.lan import Lan, Service, check_service, map_pool
 from overlay.server.qoe import Quota
 
 EXAMPLE = Path(__file__).with_name("example.toml")
@@ -58,6 +60,7 @@ class ServerConfig:
     offload: bool  # grant segmentation offload to devices that ask for it
     routes: bool  # a /32 kernel route per tunnel (protocol 250), for a BGP daemon to announce
     bgp: BgpConfig | None  # what overlay bird-config writes; None: no [bgp] table
+    lan: Lan  # [lan] and [[service]]: the routable pool, the management prefixes, services
     shared: Credentials | None  # the shared OVOC-style credential, if any
     auto_enroll: bool
     client_ca_file: Path | None  # CA of device certificates (mutual TLS); None: not asked for
@@ -121,6 +124,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
     admin = root.table("admin")
     firewall = root.table("firewall")
     bgp = root.table("bgp")
+    lan = root.table("lan")
 
     url_path = listen.string("path", wire.DEFAULT_PATH)
     if not url_path.startswith("/"):
@@ -169,6 +173,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         offload=overlay.flag("offload", True),
         routes=overlay.flag("routes", True),
         bgp=bgp_config(bgp, listen.string("host", "0.0.0.0")) if root.has("bgp") else None,
+        lan=lan_config(lan, root.tables("service"), pool, listen.string("host", "0.0.0.0")),
         shared=shared,
         auto_enroll=auth.flag("auto_enroll", False),
         client_ca_file=auth.optional_file("client_ca_file"),
@@ -217,6 +222,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         state,
         store,
         bgp,
+        lan,
         logging,
         node,
         qoe,
@@ -249,6 +255,74 @@ def bgp_config(table: configfile.Table, host: str) -> BgpConfig:
         hold_time=table.integer("hold_time", 9, low=3, high=65535),
         bird_socket=Path(table.string("bird_socket", "/run/bird/bird.ctl")),
     )
+
+
+def lan_config(
+    table: configfile.Table, services: list[configfile.Table], pool: AddressPool, host: str
+) -> Lan:
+    """``[lan]`` (prefix, management) and the ``[[service]]`` tables."""
+    listen = ipaddress.IPv4Address(host) if host not in ("0.0.0.0", "") else None
+    prefix, block = None, None
+    if table.has("prefix"):
+        prefix = network(table, "prefix")
+        if prefix.overlaps(OVERLAY):
+            table.fail("prefix", f"{prefix} overlaps the overlay 169.254.0.0/16: give a LAN prefix")
+        if listen is not None and listen in prefix:
+            table.fail("prefix", f"{prefix} holds listen.host {listen}, the underlay")
+        try:
+            block = map_pool(prefix, pool)
+        except ConfigError as exc:
+            table.fail("prefix", str(exc))
+    management = []
+    for text in table.strings("management", []):
+        net = parse_network(table, "management", text)
+        if net.prefixlen < 8:
+            table.fail("management", f"{net} is too wide: devices would route it all to the node")
+        if net.overlaps(OVERLAY) or (prefix is not None and net.overlaps(prefix)):
+            table.fail("management", f"{net} overlaps the overlay or lan.prefix: give LAN networks")
+        if listen is not None and listen in net:
+            table.fail(
+                "management", f"{net} holds listen.host {listen}: devices would lose the node"
+            )
+        management.append(net)
+    lan = Lan(prefix, block, tuple(management))
+    entries: list[Service] = []
+    for entry in services:
+        protocol = entry.choice("protocol", SERVICE_PROTOCOLS, "udp")
+        port = entry.integer("port", low=1, high=65535)
+        host, _, to_port = entry.string("to").partition(":")
+        try:
+            service = Service(
+                protocol,
+                port,
+                ipaddress.IPv4Address(host),
+                int(to_port) if to_port else port,
+                entry.optional_str("name") or "",
+            )
+        except ValueError:
+            entry.fail("to", f"{entry.string('to')!r} is not ADDRESS or ADDRESS:PORT")
+        if not 1 <= service.host_port <= 65535:
+            entry.fail("to", f"port {service.host_port} is outside 1-65535")
+        try:
+            check_service(service, lan)
+        except ConfigError as exc:
+            entry.fail("to", str(exc))
+        if any((s.protocol, s.port) == (protocol, port) for s in entries):
+            entry.fail("port", f"{protocol}/{port} has a service entry already")
+        entry.done()
+        entries.append(service)
+    return Lan(prefix, block, tuple(management), tuple(entries))
+
+
+def network(table: configfile.Table, key: str) -> ipaddress.IPv4Network:
+    return parse_network(table, key, table.string(key))
+
+
+def parse_network(table: configfile.Table, key: str, text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        table.fail(key, f"{text!r} is not an IPv4 network like 198.51.100.0/24: {exc}")
 
 
 def store_url(table: configfile.Table) -> str | None:

@@ -363,6 +363,7 @@ class Endpoint:
                 max_message=config.max_message,
                 session=session.id,
                 offload=session.offload,
+                routes=node.lan_routes,
             )
             await session.run(node.router, hello)
         finally:

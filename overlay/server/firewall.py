@@ -171,12 +171,18 @@ class Firewall:
         self.sip: Counter[str] = Counter()  # SIP messages read, by what they did
 
     def check(
-        self, table: FlowTable, packet: bytes | memoryview, to_device: bool, now: float
+        self,
+        table: FlowTable,
+        packet: bytes | memoryview,
+        to_device: bool,
+        now: float,
+        may_open: bool = True,
     ) -> Drop | None:
         """Return why ``packet`` must be dropped, or None to let it pass.
 
         ``packet`` is a whole IPv4 packet (the router checked version and
-        length); ``to_device`` is its direction.
+        length); ``to_device`` is its direction. Without ``may_open`` it passes
+        only within a live flow (a device's replies to the management LAN).
         """
         header = (packet[0] & 0x0F) << 2
         protocol = packet[9]
@@ -221,7 +227,7 @@ class Firewall:
         flows = table.flows
         flow = flows.get(key)
         if flow is None or flow.expires <= now:
-            if not opens:
+            if not opens or not may_open:
                 return Drop.POLICY
             number, sip = None, None
             pinhole = None

@@ -8,6 +8,7 @@ control socket, the admin API and the shutdown act on them through this class.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,7 +30,13 @@ from overlay.server.routes import KernelRoutes
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.server.store import Store
-from overlay.status import CertificateStatus, FlowStatus, ServerStatus, SessionStatus
+from overlay.status import (
+    CertificateStatus,
+    FlowStatus,
+    LanStatus,
+    ServerStatus,
+    SessionStatus,
+)
 from overlay.tun import TunDevice
 
 log = structlog.get_logger("overlay.server")
@@ -55,7 +62,10 @@ class Node:
         self.certificate = certificate  # the certificate's status, for status and metrics
         self.firewall = Firewall(rulebook.ruleset, config.firewall.limits)
         self.router: Router[ServerSession] = Router(
-            tun, Policy(), self.firewall, batch_bytes=config.max_message
+            tun,
+            Policy(management=config.lan.management),
+            self.firewall,
+            batch_bytes=config.max_message,
         )
         self.refusals: Counter[str] = Counter()
         self.gate = Gate(config.max_pending, config.handshake_timeout, self.refusals)
@@ -66,6 +76,7 @@ class Node:
         self.routes: KernelRoutes | None = None  # a /32 per tunnel, for BGP (overlay.routes)
         self.bird: BirdWatch | None = None  # with [bgp]: whether BIRD runs to announce them
         self.taken_over = 0  # tunnels closed for a newer one on another node
+        self.lan_routes = tuple(str(net) for net in config.lan.management)  # for the hello
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = Counters()  # what sessions that have ended carried and dropped
 
@@ -76,7 +87,8 @@ class Node:
         if self.fleet is not None:
             self.fleet.claim(tunnel(session))
         if self.routes is not None:
-            self.routes.add(session.lease.address)
+            for address in self._routed(session.lease.address):
+                self.routes.add(address)
         return self.router.attach(session)
 
     def ended(self, session: ServerSession) -> None:
@@ -86,7 +98,17 @@ class Node:
         if self.fleet is not None:
             self.fleet.drop(tunnel(session))
         if self.routes is not None and session.key not in self.router.by_key:
-            self.routes.remove(session.lease.address)  # not when a newer session holds it
+            for address in self._routed(session.lease.address):  # not when a newer one holds it
+                self.routes.remove(address)
+
+    def _routed(self, address: ipaddress.IPv4Address) -> list[ipaddress.IPv4Address]:
+        """The routes of a tunnel: its overlay address, and its LAN address with [lan] prefix."""
+        lan = self.config.lan.lan_address(address)
+        return [address] if lan is None else [address, lan]
+
+    def lan_address(self, address: str) -> str | None:
+        lan = self.config.lan.lan_address(ipaddress.IPv4Address(address))
+        return None if lan is None else str(lan)
 
     def live(self) -> list[Tunnel]:
         """The tunnels this node carries now, for the fleet's table."""
@@ -110,7 +132,7 @@ class Node:
         flows = {a: len(t.flows) for a, t in self.router.flows.items()}
         now = time.monotonic()
         sessions: list[SessionStatus] = [
-            s.status(flows.get(s.address_bytes, 0)) for s in self._sessions
+            s.status(flows.get(s.address_bytes, 0), self.lan_address) for s in self._sessions
         ]
         config = self.config
         return {
@@ -135,10 +157,16 @@ class Node:
                 "bird": None
                 if self.bird is None
                 else {"socket": str(self.bird.socket), "up": self.bird.up},
+                "lan": self._lan_status(),
             },
             "sessions": sorted(sessions, key=lambda s: s["address"]),
             "leases": [
-                {"device": lease.device, "vrf": lease.vrf, "address": str(lease.address)}
+                {
+                    "device": lease.device,
+                    "vrf": lease.vrf,
+                    "address": str(lease.address),
+                    "lan_address": self.lan_address(str(lease.address)),
+                }
                 for lease in self.store.all()
             ],
             "refusals": dict(self.refusals),
@@ -159,6 +187,17 @@ class Node:
                 ),
             },
             "certificate": self.certificate() if self.certificate else None,
+        }
+
+    def _lan_status(self) -> LanStatus | None:
+        lan = self.config.lan
+        if not lan.translates and not lan.management:
+            return None
+        return {
+            "prefix": None if lan.prefix is None else str(lan.prefix),
+            "maps": None if lan.block is None else str(lan.block),
+            "management": [str(net) for net in lan.management],
+            "services": [s.describe() for s in lan.services],
         }
 
     def change_rules(self, command: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from overlay.exceptions import FrameError
 from overlay.offload import HEADER_SIZE, PLAIN, acceptable
 from overlay.packet import IPV4_DST
 from overlay.server.firewall import Firewall, FlowTable
-from overlay.server.policy import Policy
+from overlay.server.policy import REPLIES_ONLY, Policy
 from overlay.tun import TunDevice
 from overlay.wire import split_packets
 
@@ -142,7 +142,11 @@ class Router(Generic[S]):
                     continue
             else:
                 packet = record
-            reason = check(packet, source) or firewall(table, packet, False, now)
+            reason = check(packet, source)
+            if reason is None:
+                reason = firewall(table, packet, False, now)
+            elif reason is REPLIES_ONLY:
+                reason = firewall(table, packet, False, now, False)
             if reason is not None:
                 counters.drop(reason)
                 refused += 1

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -137,12 +138,15 @@ class ServerSession:
             async with asyncio.timeout(wait):  # no task of its own, unlike wait_for
                 await self.ws.close(code=code, message=reason.encode())
 
-    def status(self, flows: int) -> SessionStatus:
-        """This session as ``overlay status`` shows it; ``flows``: its address's flows now."""
+    def status(self, flows: int, lan: Callable[[str], str | None]) -> SessionStatus:
+        """This session as ``overlay status`` shows it; ``flows``: its address's flows now;
+        ``lan``: an overlay address's routable one ([lan] prefix)."""
+        address = str(self.lease.address)
         return {
             "device": self.lease.device,
             "vrf": self.lease.vrf,
-            "address": str(self.lease.address),
+            "address": address,
+            "lan_address": lan(address),
             "peer": self.peer,
             "session": self.id,
             "state": self.lifecycle.state.value,

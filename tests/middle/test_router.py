@@ -4,6 +4,7 @@ and that one stalled session does not delay another (Tailscale derp's TestSendFr
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 from collections.abc import AsyncIterator
 
@@ -124,6 +125,32 @@ async def test_management_traffic_reaches_the_session_of_its_address(
     await asyncio.wait_for(ws.sent.wait(), 5)
     assert ws.frames == [poll]
     sending.cancel()
+
+
+async def test_a_device_answers_the_management_lan_but_opens_nothing_there(tun: FakeTun) -> None:
+    """[lan] management: the NMS at its real LAN address polls; the device's reply passes;
+    what the device itself sends to that LAN is dropped as policy."""
+    ruleset = Ruleset.build([{"profile": "ovoc-management"}], load_profiles(None))
+    lan = ipaddress.IPv4Network("198.18.2.0/24")
+    router = Router(tun, Policy(management=[lan]), Firewall(ruleset, Limits()), 65536)
+    session, ws = FakeSession("dev1", "169.254.1.1"), RecordingSocket()
+    router.attach(session)
+    reading = asyncio.create_task(router.run())
+    sending = asyncio.create_task(session.sender.run(ws))
+    poll = ipv4("198.18.2.10", "169.254.1.1", 17, b"get", 40000, 161)
+    tun.inject(poll)
+    await asyncio.wait_for(ws.sent.wait(), 5)
+    assert ws.frames == [poll]  # judged by its real source, allowed by the profile
+    reply = ipv4("169.254.1.1", "198.18.2.10", 17, b"response", 161, 40000)
+    opened = ipv4("169.254.1.1", "198.18.2.10", 17, b"<13>syslog", 40001, 514)
+    ping = ipv4("169.254.1.1", "198.18.2.10", 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]))
+    beyond = ipv4("169.254.1.1", "198.18.3.10", 17, b"x", 161, 40000)
+    assert await router.from_device(session, reply + opened + ping + beyond) == 3
+    assert tun.written() == [reply]
+    assert dict(session.counters.drops) == {"policy": 3}
+    reading.cancel()
+    sending.cancel()
+    await asyncio.gather(reading, sending, return_exceptions=True)
 
 
 async def test_one_stalled_session_does_not_delay_another(

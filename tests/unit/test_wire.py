@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -44,6 +45,18 @@ def test_hello_offload_is_optional_and_must_be_a_boolean():
     assert wire.Hello.parse(json.dumps({**plain, "offload": True})).offload is True
     with pytest.raises(HelloError, match="'offload' is not true or false"):
         wire.Hello.parse(json.dumps({**plain, "offload": "yes"}))
+
+
+def test_hello_routes_are_sent_only_when_there_are_some_and_checked_on_arrival():
+    with_routes = dataclasses.replace(HELLO, routes=("198.18.2.0/24",))
+    assert json.loads(with_routes.serialize())["routes"] == ["198.18.2.0/24"]
+    assert wire.Hello.parse(with_routes.serialize()) == with_routes
+    plain = json.loads(HELLO.serialize())
+    assert "routes" not in plain  # a server without [lan] says what it always said
+    assert wire.Hello.parse(json.dumps(plain)).routes == ()
+    for bad, message in ((["198.18.2.1/24"], "bad route"), ("198.18.2.0/24", "not a list")):
+        with pytest.raises(HelloError, match=message):
+            wire.Hello.parse(json.dumps({**plain, "routes": bad}))
 
 
 @pytest.mark.parametrize(
