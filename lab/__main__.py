@@ -24,7 +24,7 @@ import sys
 import time
 
 from lab import checks, deploy, netns, services
-from lab.topology import MAX_SERVERS, NAT, SRV, Lab, Server
+from lab.topology import MAX_SERVERS, NAT, NMS, ROUTER, SRV, VRF, Lab, Server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,9 +90,11 @@ def format_status(data: dict) -> str:
     for d in data["devices"]:
         lines.append(
             f"{d['name']:<7} {d['netns']:<9} {d['overlay'] or '-':<15} "
-            f"underlay {d['underlay']:<13} vrf {d['vrf']}  {d['state']}"
+            f"underlay {d['underlay']:<13} lan {d['lan'] or '-':<14} vrf {d['vrf']}  {d['state']}"
             + (f" on {d['server']}" if d["server"] and len(data["servers"]) > 1 else "")
         )
+    lan = data["lan"]
+    lines.append(f"management LAN: router {lan['router']}, NMS {lan['nms']}, pool {lan['prefix']}")
     return "\n".join(lines)
 
 
@@ -113,6 +115,8 @@ def demo(lab: Lab, count: int, servers: int) -> int:
             f"{name:<21} {device.name:<6} {'pass' if ok else 'FAIL':<6} "
             f"{time.monotonic() - start:>5.2f}s  {detail}"
         )
+    if servers > 1:
+        failed += not failover(lab)
     print()
     data = lab.status()
     print(format_status(data))
@@ -134,12 +138,48 @@ The lab stays up. Look inside (as root, from this folder):
                               --config {lab.server_config}
   device tunnel:            .venv/bin/appliance status --config {lab.device_config(device)}
   NAT refusals:             ip netns exec {NAT} nft list chain ip ovl_nat forward
+  from the NMS (LAN):       ip netns exec {NMS} snmpget -v2c -c {services.COMMUNITY} -On -m '' \\
+                              {first["lan"]} .1.3.6.1.2.1.1.5.0
+  the router's BGP routes:  ip netns exec {ROUTER} vtysh --vty_socket {lab.frr.dir} \\
+                              -c 'show ip route bgp'
+  the node's translation:   ip netns exec {SRV} nft list table ip overlay_lan
 Cut a device off for 30 s: scripts/lab cut {device.name} 30
 Kill the server:           scripts/lab kill server
 Remove the lab:            scripts/lab down""")
     if failed:
         print(f"\n{failed} check(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def failover(lab: Lab) -> bool:
+    """Stop the node that holds the most devices (node 1 after ``up``); time until the NMS
+    reaches each of them again at the same LAN address through the router, now via
+    another node; start the node again."""
+    status = lab.status()["devices"]
+    node = max(lab.servers(), key=lambda n: sum(r["server"] == n.name for r in status))
+    rows = [r for r in status if r["server"] == node.name and r["vrf"] == VRF]
+    devices = {d.name: d for d in lab.devices()}
+    print(f"\n== stopping {node.name}: {len(rows)} devices move, the NMS must find them again")
+    started = time.monotonic()
+    stop_server(node)
+    waiting = {row["name"]: row["lan"] for row in rows}
+    deadline = started + 90
+    while waiting and time.monotonic() < deadline:
+        for name, address in list(waiting.items()):
+            if checks.snmp_get(lab, devices[name], address, "v2c", NMS, timeout=1)[0]:
+                took = time.monotonic() - started
+                print(f"   {name} answers the NMS at {address} after {took:.1f} s")
+                del waiting[name]
+    moved = {r["name"]: r for r in lab.status()["devices"] if r["vrf"] == VRF}
+    same = all(moved[name]["lan"] == row["lan"] for name, row in ((r["name"], r) for r in rows))
+    ok = not waiting and same
+    print(
+        f"   {'pass' if ok else 'FAIL'}: the NMS reached {len(rows) - len(waiting)} of "
+        f"{len(rows)} moved devices at the same LAN address in {time.monotonic() - started:.1f} s"
+    )
+    lab.start(node)
+    print(f"   {node.name} started again")
+    return ok
 
 
 def kill_server(lab: Lab, node: Server) -> None:

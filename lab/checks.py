@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lab import netns, services
 from lab.deploy import BIN
-from lab.topology import SRV, Device, Lab
+from lab.topology import NMS, SRV, Device, Lab
 
 Result = tuple[bool, str]
 Check = Callable[[], Result]
@@ -42,8 +42,11 @@ def nat_blocks_underlay(device: Device) -> Result:
     return result.returncode == 0, f"{device.underlay}:22 from {SRV}: {result.stdout.strip()}"
 
 
-def snmp_get(lab: Lab, device: Device, address: str, version: str) -> Result:
-    """sysName.0 of the device, asked from the server side over the overlay."""
+def snmp_get(
+    lab: Lab, device: Device, address: str, version: str, ns: str = SRV, timeout: int = 2
+) -> Result:
+    """sysName.0 of the device, asked from ``ns`` (the server side, or the NMS on the
+    management LAN) over the overlay."""
     if version == "v2c":
         auth = ["-v2c", "-c", services.COMMUNITY]
     else:
@@ -64,13 +67,41 @@ def snmp_get(lab: Lab, device: Device, address: str, version: str) -> Result:
             secrets.priv,
         ]
     result = netns.run(
-        SRV,
-        ["snmpget", *auth, "-On", "-m", "", "-t", "2", "-r", "1", address, ".1.3.6.1.2.1.1.5.0"],
+        ns,
+        [
+            "snmpget",
+            *auth,
+            "-On",
+            "-m",
+            "",
+            "-t",
+            str(timeout),
+            "-r",
+            "1",
+            address,
+            ".1.3.6.1.2.1.1.5.0",
+        ],
         env=services.snmp_env(lab.dir),
     )
     expected = f'.1.3.6.1.2.1.1.5.0 = STRING: "{device.name}"'
     line = (result.stdout or result.stderr).strip().splitlines()[-1:] or ["no answer"]
     return expected in result.stdout, f"{address} sysName.0: {line[0]}"
+
+
+def lan_port_refused(address: str, port: int = 23) -> Result:
+    """A TCP connection from the NMS to a port no rule allows goes unanswered: the node's
+    firewall drops it (a device that saw it would answer with a reset)."""
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{address}', {port}), timeout=2)\n"
+        "except TimeoutError:\n    sys.exit(0)\n"
+        "except OSError as e:\n    print(e); sys.exit(1)\n"
+        "print('connected'); sys.exit(1)\n"
+    )
+    result = netns.run(NMS, [sys.executable, "-c", code], timeout=10)
+    seen = result.stdout.strip() or "no answer within 2 s (dropped by the firewall)"
+    return result.returncode == 0, f"{address}:{port}/tcp from {NMS}: {seen}"
 
 
 def syslog(lab: Lab, device: Device, address: str, transport: str) -> Result:
@@ -161,10 +192,13 @@ def http_download(lab: Lab, device: Device) -> Result:
 def all_checks(lab: Lab) -> list[tuple[str, Device, Check]]:
     """Every check, for every device, in the order the demo prints them."""
     checks: list[tuple[str, Device, Check]] = []
-    status = {(row["name"], row["vrf"]): row["overlay"] for row in lab.status()["devices"]}
+    rows = lab.status()["devices"]
+    status = {(row["name"], row["vrf"]): row["overlay"] for row in rows}
+    lan = {(row["name"], row["vrf"]): row["lan"] for row in rows}
     for device in lab.devices():
         main, *others = device.vrfs
         address = status[(device.name, main.name)]
+        routable = lan[(device.name, main.name)]
 
         def bind(function: Callable[..., Result], *args: object) -> Check:
             return lambda: function(*args)
@@ -180,6 +214,9 @@ def all_checks(lab: Lab) -> list[tuple[str, Device, Check]]:
             ("ntp", device, bind(ntp, lab, device)),
             ("qoe report", device, bind(qoe, lab, device, address)),
             ("http download", device, bind(http_download, lab, device)),
+            ("nms snmp v2c get", device, bind(snmp_get, lab, device, routable, "v2c", NMS)),
+            ("nms snmp v3 get", device, bind(snmp_get, lab, device, routable, "v3", NMS)),
+            ("nms refused port", device, bind(lan_port_refused, routable)),
         ]
         for vrf in others:
             other = status[(device.name, vrf.name)]

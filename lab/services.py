@@ -101,13 +101,15 @@ def firmware_sha256(directory: Path) -> str:
     return hashlib.sha256((directory / "files" / FIRMWARE).read_bytes()).hexdigest()
 
 
-def start_snmpd(directory: Path, ns: str, name: str, address: str) -> None:
-    """snmpd on the device's overlay address, answering only the service range."""
+def start_snmpd(directory: Path, ns: str, name: str, address: str, nms: str) -> None:
+    """snmpd on the device's overlay address, answering only the service range and
+    the management LAN ``nms`` (a network)."""
     secrets = Secrets.load(directory.parent)
     conf = directory / "snmpd.conf"
     conf.write_text(f"""\
 agentAddress udp:{address}:161
 rocommunity {COMMUNITY} 169.254.0.0/24
+rocommunity {COMMUNITY} {nms}
 createUser {SNMP_USER} SHA {secrets.auth} AES {secrets.priv}
 rouser {SNMP_USER} priv
 sysName {name}

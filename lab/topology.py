@@ -13,6 +13,19 @@
     ovl-db
     eth0 198.18.0.250/24 -- wan0   PostgreSQL, the fleet's store (only with --servers 2 or more)
 
+    ovl-srv…                       ovl-lan                          ovl-nms
+    lan0 198.18.1.N/24 ---- mgmt0 (bridge) 198.18.1.254/24
+    BIRD: the node's            FRR (zebra, bfdd, bgpd), AS 65000
+    tunnels, AS 65010                  nms0 198.18.2.1/24 ----------- eth0 198.18.2.10/24
+                                                                    net-snmp tools
+
+The management LAN: every node runs BIRD, which announces its tunnels'
+routable addresses (``[lan] prefix`` 198.18.128.0/17, device 169.254.1.7 is
+198.18.129.7) over BGP with BFD to FRR in ``ovl-lan``, the customer's router;
+``ovl-nms`` reaches the devices at those addresses through it, wherever their
+tunnels land. The nodes route 198.18.2.0/24, the NMS's network, to the router,
+and push it to the devices in the hello.
+
 With several servers, node 1 keeps ``srv`` (``ovl-srv``); node N is ``srvN``
 in ``ovl-srvN``; devices list every node in their URLs, node 1 first, and the
 nodes share PostgreSQL in ``ovl-db``, whose data lives in the lab directory.
@@ -25,6 +38,7 @@ devices are reachable only through the overlay.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -34,8 +48,16 @@ from typing import Any
 
 from lab import deploy, netns, services
 from lab import postgres as pg
+from lab.routing import Bird, Frr, frr_peer_config
+from overlay.server.lan import Lan as LanMap
 
 SRV, NAT, DB = "ovl-srv", "ovl-nat", "ovl-db"
+ROUTER, NMS = "ovl-lan", "ovl-nms"
+ROUTER_IP, NMS_GATEWAY, NMS_IP = "198.18.1.254", "198.18.2.1", "198.18.2.10"
+NMS_NET = "198.18.2.0/24"
+LAN_PREFIX, POOL = "198.18.128.0/17", "169.254.1.0-169.254.127.254"  # the pool fits the prefix
+LAN_MAP = LanMap(ipaddress.IPv4Network(LAN_PREFIX), ipaddress.IPv4Network("169.254.0.0/17"))
+ROUTER_AS, NODE_AS = 65000, 65010
 SERVER_IP, NAT_WAN, DB_IP = "198.18.0.1", "198.18.0.254", "198.18.0.250"
 MAX_SERVERS = 9
 WAN_NET, LAN_NET = "198.18.0.0/24", "198.19.0.0/16"
@@ -75,6 +97,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"wss://{self.ip}:443/tun"
+
+    @property
+    def lan_ip(self) -> str:
+        """Its address on the management LAN, where BIRD peers with the router."""
+        return f"198.18.1.{self.index}"
 
 
 @dataclass(frozen=True)
@@ -161,7 +188,14 @@ class Lab:
 
     def namespaces(self) -> list[str]:
         fleet = [DB] if len(self.servers()) > 1 else []
-        return [*(s.ns for s in self.servers()), NAT, *fleet, *(d.ns for d in self.devices())]
+        return [
+            *(s.ns for s in self.servers()),
+            NAT,
+            ROUTER,
+            NMS,
+            *fleet,
+            *(d.ns for d in self.devices()),
+        ]
 
     def is_up(self, count: int, servers: int) -> bool:
         return (
@@ -177,6 +211,14 @@ class Lab:
 
     def control(self, server: Server) -> Path:
         return self.config(server).parent / "state" / "control.sock"
+
+    def bird(self, server: Server) -> Bird:
+        return Bird(self.config(server).parent / "bird", server.ns)
+
+    @property
+    def frr(self) -> Frr:
+        """The router's FRR; its files where the frr user may enter."""
+        return Frr(self.dir / "lan-router", ROUTER)
 
     @property
     def server_config(self) -> Path:
@@ -214,6 +256,7 @@ class Lab:
             self._underlay(node.ns, f"w{node.name}", node.ip)
             netns.route(node.ns, LAN_NET, NAT_WAN)
         masquerade(NAT, LAN_NET, WAN_NET)
+        self._management_lan(nodes)
         for device in devices:
             for vrf in device.vrfs:
                 netns.create(vrf.ns)
@@ -235,9 +278,14 @@ class Lab:
                     password,
                     host=node.ip,
                     auto_enroll=False,
-                    extra=f'{store}\n[node]\nname = "{node.name}"\n',
+                    overlay=f'pool = "{POOL}"',
+                    extra=f'{store}\n[node]\nname = "{node.name}"\n{self._reach(node)}',
                 )
+            self._start_bird(node)
             self.start(node)
+        self.frr.start(
+            frr_peer_config(ROUTER_AS, ROUTER_IP, {n.lan_ip: NODE_AS for n in nodes}, bfd=True)
+        )
         services.start_server_side(self.dir, SRV)
         for device in devices:  # as an operator enrolls them: unknown devices get 403
             argv = [str(deploy.BIN / "overlay"), "device", "add", device.id]
@@ -266,8 +314,57 @@ class Lab:
             if row["vrf"] == VRF:
                 device = next(d for d in devices if d.name == row["name"])
                 services.start_snmpd(
-                    self.device_config(device).parent, device.ns, device.name, row["overlay"]
+                    self.device_config(device).parent,
+                    device.ns,
+                    device.name,
+                    row["overlay"],
+                    NMS_NET,
                 )
+        self.wait_routes()
+
+    def _management_lan(self, nodes: list[Server]) -> None:
+        """The customer's router and NMS, and each node's link to the router."""
+        netns.create(ROUTER)
+        netns.sysctl(ROUTER, "net.ipv4.ip_forward", "1")
+        netns.bridge(ROUTER, "mgmt0")
+        netns.address(ROUTER, "mgmt0", f"{ROUTER_IP}/24")
+        netns.create(NMS)
+        netns.veth(ROUTER, "nms0", NMS, "eth0")
+        netns.address(ROUTER, "nms0", f"{NMS_GATEWAY}/24")
+        netns.address(NMS, "eth0", f"{NMS_IP}/24")
+        netns.route(NMS, "0.0.0.0/0", NMS_GATEWAY)
+        for node in nodes:
+            netns.veth(node.ns, "lan0", ROUTER, f"m{node.name}")
+            netns.enslave(ROUTER, f"m{node.name}", "mgmt0")
+            netns.address(node.ns, "lan0", f"{node.lan_ip}/24")
+            netns.route(node.ns, NMS_NET, ROUTER_IP)
+            netns.sysctl(node.ns, "net.ipv4.ip_forward", "1")
+
+    def _reach(self, node: Server) -> str:
+        """The [lan] and [bgp] tables of a node's server.toml."""
+        return f"""
+[lan]
+prefix = "{LAN_PREFIX}"
+management = ["{NMS_NET}"]
+
+[bgp]
+local_as = {NODE_AS}
+router_id = "{node.lan_ip}"
+bird_socket = "{self.bird(node).socket}"
+[[bgp.neighbor]]
+address = "{ROUTER_IP}"
+as = {ROUTER_AS}
+"""
+
+    def _start_bird(self, node: Server) -> None:
+        """BIRD in the node's namespace, configured by ``overlay bird-config``."""
+        made = netns.run(
+            node.ns,
+            [str(deploy.BIN / "overlay"), "bird-config", "--config", str(self.config(node))],
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"overlay bird-config for {node.name}: {made.stderr.strip()}")
+        self.bird(node).start(made.stdout)
 
     def _underlay(self, ns: str, port: str, address: str) -> None:
         """Namespace ``ns`` on the NAT's outside bridge, with ``address``/24 on eth0."""
@@ -309,8 +406,11 @@ class Lab:
         """Stop every lab process and remove every lab namespace (and, unless kept, the files)."""
         if self.db.data.exists():
             self.db.stop()  # cleanly, before its namespace goes
+        self.frr.stop()
+        for node in self.servers():
+            self.bird(node).stop()
         for ns in netns.names("ovl-"):
-            if ns in (SRV, NAT, DB) or ns.startswith(("ovl-dev", "ovl-srv")):
+            if ns in (SRV, NAT, DB, ROUTER, NMS) or ns.startswith(("ovl-dev", "ovl-srv")):
                 netns.remove(ns)
         if not keep_files and self.dir.exists():
             subprocess.run(["rm", "-rf", "--one-file-system", str(self.dir)], check=True)
@@ -326,6 +426,21 @@ class Lab:
                 timeout=timeout,
                 log=self.device_config(device).parent / "appliance.log",
             )
+
+    def router_routes(self) -> set[str]:
+        """The prefixes the management LAN's router learned over BGP."""
+        text = self.frr.vtysh("show ip route bgp json")
+        return set(json.loads(text or "{}"))
+
+    def wait_routes(self, timeout: float = 60) -> None:
+        """Wait until the router has every device's routable address from a node."""
+        wanted = {f"{row['lan']}/32" for row in self.status()["devices"] if row["lan"]}
+        deploy.wait_for(
+            "the management LAN's router learning every device",
+            lambda: wanted <= self.router_routes(),
+            timeout=timeout,
+            log=self.frr.dir / "bgpd.log",
+        )
 
     def status(self) -> dict[str, Any]:
         """The lab contract (DESIGN.md): one row per (device, VRF), and the servers."""
@@ -361,7 +476,20 @@ class Lab:
                         "underlay": vrf.underlay,
                         "state": tunnel.get("state", "down"),
                         "server": holders.get((device.id, vrf.name)),
+                        "lan": lan_address(tunnel.get("address")),
                     }
                 )
         first = {key: value for key, value in servers[0].items() if key != "name"}
-        return {"dir": str(self.dir), "server": first, "servers": servers, "devices": rows}
+        return {
+            "dir": str(self.dir),
+            "server": first,
+            "servers": servers,
+            "lan": {"router": ROUTER, "nms": NMS, "prefix": LAN_PREFIX},
+            "devices": rows,
+        }
+
+
+def lan_address(overlay: str | None) -> str | None:
+    """A device's routable address on the management LAN (the lab's [lan] prefix)."""
+    lan = LAN_MAP.lan_address(ipaddress.IPv4Address(overlay)) if overlay else None
+    return None if lan is None else str(lan)

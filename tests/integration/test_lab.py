@@ -31,6 +31,9 @@ SERVICES = [
     "ntp",
     "qoe report",
     "http download",
+    "nms snmp v2c get",
+    "nms snmp v3 get",
+    "nms refused port",
 ]
 
 
@@ -46,9 +49,9 @@ def lab_cli(directory: Path, *args: str, timeout: float = 120) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab() -> Iterator[Lab]:
     """``scripts/lab up`` with two devices, removed with ``scripts/lab down`` after the module."""
-    directory = tmp_path_factory.mktemp("lab") / "lab"
+    directory = Path(f"/tmp/ovl-test-lab-{os.getpid()}")  # FRR's user must enter it
     try:
         up = lab_cli(directory, "up", "--devices", "2")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -76,6 +79,13 @@ def test_status_json_follows_the_lab_contract(lab: Lab) -> None:
     addresses = sorted(d["overlay"] for d in status["devices"])
     assert addresses == ["169.254.1.1", "169.254.1.2", "169.254.1.3"]  # in order of arrival
     assert all(d["id"] for d in status["devices"])
+    assert status["lan"] == {"router": "ovl-lan", "nms": "ovl-nms", "prefix": "198.18.128.0/17"}
+    assert sorted(d["lan"] for d in status["devices"]) == [
+        "198.18.129.1",
+        "198.18.129.2",
+        "198.18.129.3",
+    ]
+    assert lab.router_routes() == {f"{d['lan']}/32" for d in status["devices"]}
 
 
 def test_up_twice_changes_nothing(lab: Lab) -> None:

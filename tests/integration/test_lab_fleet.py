@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import netns
+from lab import checks, netns
 from lab.deploy import wait_for
-from lab.topology import Lab
+from lab.topology import NMS, VRF, Lab, lan_address
 from tests.integration.test_lab import lab_cli
 
 pytestmark = pytest.mark.netns
@@ -45,6 +45,17 @@ def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
         )
         after = {d["vrf"]: d["overlay"] for d in lab.status()["devices"]}
         assert after == {vrf: address for vrf, (address, _) in before.items()}
+        # The NMS finds the device again at the same LAN address, now through srv2.
+        (device,) = lab.devices()
+        lan = next(d["lan"] for d in lab.status()["devices"] if d["vrf"] == VRF)
+        assert lan == lan_address(before[VRF][0])
+        wait_for(
+            "the NMS reaching the moved device",
+            lambda: checks.snmp_get(lab, device, lan, "v2c", NMS, timeout=1)[0],
+            timeout=30,
+        )
+        route = json.loads(lab.frr.vtysh(f"show ip route {lan}/32 json"))[f"{lan}/32"][0]
+        assert [hop["ip"] for hop in route["nexthops"]] == ["198.18.1.2"]  # srv2's LAN address
 
         started = lab_cli(directory, "start", "srv")
         assert started.returncode == 0, started.stderr
