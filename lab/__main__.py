@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 from lab import checks, deploy, netns, services
-from lab.topology import MAX_SERVERS, NAT, NMS, ROUTER, SRV, VRF, Lab, Server
+from lab.topology import MAX_SERVERS, NAT, NMS, ROUTER, SRV, VRF, Lab, Server, read_cmdline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "kill":
             kill_server(lab, lab.server(args.what))
         elif args.command == "stop":
-            stop_server(lab.server(args.what))
+            stop_server(lab, lab.server(args.what))
         elif args.command == "start":
             node = lab.server(args.what)
             lab.start(node)
@@ -161,7 +160,7 @@ def failover(lab: Lab) -> bool:
     devices = {d.name: d for d in lab.devices()}
     print(f"\n== stopping {node.name}: {len(rows)} devices move, the NMS must find them again")
     started = time.monotonic()
-    stop_server(node)
+    stop_server(lab, node)
     waiting = {row["name"]: row["lan"] for row in rows}
     deadline = started + 90
     while waiting and time.monotonic() < deadline:
@@ -183,7 +182,7 @@ def failover(lab: Lab) -> bool:
 
 
 def kill_server(lab: Lab, node: Server) -> None:
-    pids = signal_server(node, signal.SIGKILL)
+    pids = lab.signal(node, signal.SIGKILL)
     print(f"killed {node.name} ({', '.join(map(str, pids)) or 'not running'}) with SIGKILL")
     time.sleep(0.5)
     lab.start(node)
@@ -192,29 +191,13 @@ def kill_server(lab: Lab, node: Server) -> None:
     )
 
 
-def stop_server(node: Server) -> None:
-    pids = signal_server(node, signal.SIGTERM)
+def stop_server(lab: Lab, node: Server) -> None:
+    pids = lab.signal(node, signal.SIGTERM)
     deploy.wait_for(f"{node.name} to stop", lambda: not any(map(read_cmdline, pids)))
     print(
         f"stopped {node.name} ({', '.join(map(str, pids)) or 'not running'}); start it again: "
         f"scripts/lab start {node.name}"
     )
-
-
-def signal_server(node: Server, sig: signal.Signals) -> list[int]:
-    """Send ``sig`` to the overlay server in the node's namespace; its pids."""
-    pids = [pid for pid in netns.pids_in(node.ns) if b"overlay\x00serve" in read_cmdline(pid)]
-    for pid in pids:
-        os.kill(pid, sig)
-    return pids
-
-
-def read_cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def cut_device(lab: Lab, name: str, seconds: float) -> int:

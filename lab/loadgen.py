@@ -1,11 +1,13 @@
 """Many simulated devices speaking protocol v1, without a TUN each: for reconnect storms.
 
-    python -m lab.loadgen --url URL --ca CA --password-file F --devices N [--prefix SIM]
-                          [--first K] [--addresses FILE] [--once]
+    python -m lab.loadgen --url URL [--url URL2 …] --ca CA --password-file F --devices N
+                          [--prefix SIM] [--first K] [--addresses FILE] [--once]
 
 Each simulated device connects, reads its hello, keeps the tunnel open
 (answering pings), and when the tunnel ends reconnects as the real agent does:
-at once after 1001, else after a jittered backoff (``appliance.failover``). The
+at once after 1001, else after a jittered backoff (``appliance.failover``);
+with several URLs it tries them in the agent's order (the one that accepted it
+last first, then the others) before it backs off. The
 program prints one JSON line per milestone on stdout:
 
     {"event": "up", "devices": N, "seconds": …}          all N connected the first time
@@ -41,11 +43,11 @@ import ssl
 import time
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 
-from appliance.failover import After, after_close, backoff
+from appliance.failover import After, ServerOrder, after_close, backoff
 from overlay import wire
 from overlay.exceptions import HelloError
 from overlay.process import raise_file_limit
@@ -147,7 +149,7 @@ class Fleet:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.url = urlsplit(args.url)
+        self.urls = args.url
         password = Path(args.password_file).read_text().strip()
         self.authorization = aiohttp.BasicAuth("VPN", password).encode()
         self.tls = ssl.create_default_context(cafile=args.ca)
@@ -162,12 +164,12 @@ class Fleet:
     def say(self, event: str, **data: object) -> None:
         print(json.dumps({"event": event, **data}), flush=True)
 
-    def request(self, name: str) -> tuple[bytes, bytes]:
+    def request(self, name: str, url: SplitResult) -> tuple[bytes, bytes]:
         """A device's upgrade request, and the Sec-WebSocket-Accept that answers it."""
         key = base64.b64encode(os.urandom(16))
         request = (
-            f"GET {self.url.path or '/'} HTTP/1.1\r\n"
-            f"Host: {self.url.netloc}\r\n"
+            f"GET {url.path or '/'} HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\n"
             "Upgrade: websocket\r\n"
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
@@ -183,34 +185,49 @@ class Fleet:
 
     async def device(self, index: int) -> None:
         name = f"{self.args.prefix}-{index:05d}"
-        host, port = self.url.hostname, self.url.port or 443
-        loop = asyncio.get_running_loop()
+        order = ServerOrder(self.urls)
         delays = backoff(self.args.min_delay, self.args.max_delay)
         while True:
             code: int | None = None
-            tunnel: Tunnel | None = None
-            try:
-                async with self.gate:
-                    self.attempts += 1
-                    request, accept = self.request(name)
-                    _, tunnel = await loop.create_connection(
-                        functools.partial(Tunnel, request, accept), host, port, ssl=self.tls
-                    )
-                    hello = await asyncio.wait_for(tunnel.hello, 10)
-                self.arrived(index, hello.address)
+            for url in order.round():
+                tunnel = await self.connect(name, urlsplit(url))
+                if tunnel is not None:
+                    order.connected(url)
+                    break
+            if tunnel is not None:
+                self.arrived(index, await tunnel.hello)
                 if self.args.once:
                     tunnel.transport.close()
                     return
                 delays = backoff(self.args.min_delay, self.args.max_delay)
                 code = await tunnel.closed
-            except (OSError, TimeoutError, HelloError, UpgradeError):
-                if tunnel is not None:
-                    tunnel.transport.close()
             self.left(index)
             if after_close(code) is not After.AT_ONCE:
                 await asyncio.sleep(next(delays))
 
-    def arrived(self, index: int, address: str) -> None:
+    async def connect(self, name: str, url: SplitResult) -> Tunnel | None:
+        """One attempt at ``url``: the tunnel once its hello came, or None."""
+        loop = asyncio.get_running_loop()
+        tunnel: Tunnel | None = None
+        try:
+            async with self.gate:
+                self.attempts += 1
+                request, accept = self.request(name, url)
+                _, tunnel = await loop.create_connection(
+                    functools.partial(Tunnel, request, accept),
+                    url.hostname,
+                    url.port or 443,
+                    ssl=self.tls,
+                )
+                await asyncio.wait_for(tunnel.hello, 10)
+            return tunnel
+        except (OSError, TimeoutError, HelloError, UpgradeError):
+            if tunnel is not None:
+                tunnel.transport.close()
+            return None
+
+    def arrived(self, index: int, hello: wire.Hello) -> None:
+        address = hello.address
         if self.first.setdefault(index, address) != address:
             self.mismatched += 1
         self.connected.add(index)
@@ -270,7 +287,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, action="append", help="repeat for a fleet")
     parser.add_argument("--ca", required=True)
     parser.add_argument("--password-file", required=True)
     parser.add_argument("--devices", type=int, default=1000)

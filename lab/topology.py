@@ -41,6 +41,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +157,10 @@ class Device:
 class Lab:
     """The lab's files live in ``directory``: certificates, configs, logs, lease store."""
 
-    def __init__(self, directory: Path = DEFAULT_DIR) -> None:
+    def __init__(self, directory: Path = DEFAULT_DIR, auto_enroll: bool = False) -> None:
         self.dir = directory
         self.state_file = directory / "lab.json"
+        self.auto_enroll = auto_enroll  # the bench's load generator: devices nobody enrolled
 
     # -- what exists
 
@@ -277,7 +279,7 @@ class Lab:
                     pki,
                     password,
                     host=node.ip,
-                    auto_enroll=False,
+                    auto_enroll=self.auto_enroll,
                     overlay=f'pool = "{POOL}"',
                     extra=f'{store}\n[node]\nname = "{node.name}"\n{self._reach(node)}',
                 )
@@ -394,6 +396,13 @@ as = {ROUTER_AS}
             log=self.config(node).parent / "server.log",
         )
 
+    def signal(self, node: Server, sig: signal.Signals) -> list[int]:
+        """Send ``sig`` to the overlay server in the node's namespace; its pids."""
+        pids = [pid for pid in netns.pids_in(node.ns) if b"overlay\x00serve" in read_cmdline(pid)]
+        for pid in pids:
+            os.kill(pid, sig)
+        return pids
+
     def _password(self) -> str:
         """The lab's tunnel password: random, made once, kept with the lab's files."""
         path = self.dir / "tunnel-password"
@@ -487,6 +496,14 @@ as = {ROUTER_AS}
             "lan": {"router": ROUTER, "nms": NMS, "prefix": LAN_PREFIX},
             "devices": rows,
         }
+
+
+def read_cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def lan_address(overlay: str | None) -> str | None:

@@ -1,6 +1,6 @@
 """``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
 
-    scripts/bench [--part paths|reconnect|agent]… [--devices N] [--quick] [--json FILE]
+    scripts/bench [--part paths|reconnect|agent|reach]… [--devices N] [--quick] [--json FILE]
                   [--path direct|overlay|openvpn-tcp]… [--mtu N] [--codel T,I]
                   [--chart PNG] [--profile DIR]
 
@@ -24,6 +24,14 @@ the server's CPU time per new tunnel.
 Part ``agent``: the device agent alone (lab/bench/agent.py): RSS and threads idle
 with one and two VRFs, start to tunnel up, CPU and wake-ups while idle, and the
 memory of each piece it imports.
+
+Part ``reach`` (lab/bench/reach.py): the lab with two nodes, FRR and the NMS
+(the lab's own ``ovl-*`` namespaces: it refuses to run while a lab is up).
+Throughput and RTT from the NMS through the router against from the node;
+how fast BIRD and FRR take N routes; after a SIGKILL of the node holding the
+lab's devices, how long until the NMS reaches each again at its LAN address;
+and with N load-generator devices, how long until the router has all of their
+routes on the surviving node.
 
 Numbers are printed as a table and written as JSON; nothing is asserted. Only
 addresses inside the bench's own namespaces are used.

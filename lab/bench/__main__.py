@@ -18,6 +18,7 @@ from lab.bench import __doc__ as DESCRIPTION
 from lab.bench.agent import agent, format_agent
 from lab.bench.measure import PREFIX
 from lab.bench.paths import PATHS, paths
+from lab.bench.reach import format_reach, reach
 from lab.bench.reconnect import reconnect
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["paths", "reconnect", "agent"], action="append")
+    parser.add_argument("--part", choices=["paths", "reconnect", "agent", "reach"], action="append")
     parser.add_argument(
         "--path",
         choices=PATHS,
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     devices = 50 if args.quick else args.devices
-    parts = args.part or ["paths", "reconnect", "agent"]
+    parts = args.part or ["paths", "reconnect", "agent", "reach"]
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -106,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                     netns.remove(ns)
             if "agent" in parts:
                 results["agent"] = agent(Path(tmp) / "agent", 5 if args.quick else 30)
+            if "reach" in parts:  # the lab, in a directory PostgreSQL and FRR may enter
+                results["reach"] = reach(
+                    Path(f"/tmp/ovl-bench-reach-{os.getpid()}"),
+                    devices,
+                    2 if args.quick else 10,
+                    2 if args.quick else 10,
+                    20 if args.quick else 100,
+                )
         finally:
             for ns in netns.names(PREFIX):
                 netns.remove(ns)
@@ -158,6 +167,8 @@ def format_results(results: dict[str, Any]) -> str:
         ]
     if "agent" in results:
         lines += format_agent(results["agent"])
+    if "reach" in results:
+        lines += format_reach(results["reach"])
     return "\n".join(lines)
 
 

@@ -52,12 +52,19 @@ def iperf(
     seconds: float,
     reverse: bool,
     extra: tuple[str, ...] = (),
+    port: int = 5201,
+    bind: str | None = None,
 ) -> float:
-    """TCP throughput in Mbit/s from ``client_ns`` to ``address`` (the other way with reverse)."""
-    server = netns.spawn(server_ns, ["iperf3", "-s", "-1", "-B", address], Path("/dev/null"))
+    """TCP throughput in Mbit/s from ``client_ns`` to ``address`` (the other way with
+    reverse); the server listens on ``bind`` (default: ``address``) and ``port``."""
+    server = netns.spawn(
+        server_ns,
+        ["iperf3", "-s", "-1", "-B", bind or address, "-p", str(port)],
+        Path("/dev/null"),
+    )
     try:
         time.sleep(0.5)
-        argv = ["iperf3", "-c", address, "-t", str(seconds), "-J", *extra]
+        argv = ["iperf3", "-c", address, "-p", str(port), "-t", str(seconds), "-J", *extra]
         result = netns.run(client_ns, argv + (["-R"] if reverse else []), timeout=seconds + 60)
         data = json.loads(result.stdout)
         return round(float(data["end"]["sum_received"]["bits_per_second"]) / 1e6, 1)

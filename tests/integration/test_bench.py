@@ -15,7 +15,7 @@ from tests.integration.conftest import REPO
 pytestmark = pytest.mark.netns
 
 
-def test_quick_bench_measures_every_path_every_device_and_the_agent(tmp_path: Path) -> None:
+def test_quick_bench_measures_every_path_every_device_the_agent_and_the_lan(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "lab.bench", "--quick", "--json", str(out)],
@@ -36,4 +36,10 @@ def test_quick_bench_measures_every_path_every_device_and_the_agent(tmp_path: Pa
     assert [run["vrfs"] for run in agent["runs"]] == [1, 2]
     assert all(run["rss_kib"] > 0 and run["start_to_up_s"] > 0 for run in agent["runs"])
     assert agent["imports"][-1]["after"] == "the agent's own code"
-    assert netns.names("ovlb-") == []
+    reach = results["reach"]
+    assert [row["path"] for row in reach["paths"]] == ["node -> device", "NMS -> router -> device"]
+    assert all(row["up_mbit"] > 0 and row["idle_rtt_ms"] > 0 for row in reach["paths"])
+    assert reach["failover_real"]["reached"] == reach["failover_real"]["devices"] > 0
+    assert reach["failover_real"]["same_lan_addresses"] is True
+    assert reach["failover_loadgen"]["same_addresses"] is True
+    assert netns.names("ovlb-") == [] and netns.names("ovl-") == []
