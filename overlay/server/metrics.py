@@ -90,6 +90,17 @@ class StatusCollector(Collector):
                 "Whether BIRD answers on its control socket (0: the tunnels are not announced).",
                 value=int(bird["up"]),
             )
+        lan = server["lan"]
+        if lan is not None and lan["prefix"] is not None:
+            addresses = GaugeMetricFamily(
+                "overlay_lan_address_info",
+                "Each open tunnel's routable address on the management LAN (always 1).",
+                labels=["device", "vrf", "address", "lan_address"],
+            )
+            for s in data["sessions"]:
+                labels = [s["device"], s["vrf"], s["address"], s["lan_address"] or ""]
+                addresses.add_metric(labels, 1)
+            yield addresses
         handshakes = CounterMetricFamily(
             "overlay_handshakes", "Tunnels opened.", value=server["handshakes"]
         )

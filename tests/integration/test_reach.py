@@ -203,6 +203,8 @@ def test_the_lan_reaches_a_device_at_its_routable_address_judged_by_its_real_sou
     (row,) = overlay.server_status()["sessions"]
     assert row["lan_address"] == lan
     assert overlay.server_status()["server"]["lan"]["services"] == ["udp/514 -> 198.18.2.10:5514"]
+    metrics = overlay.run(SRV, "curl", "-sf", "http://127.0.0.1:9180/metrics").stdout
+    assert f'lan_address="{lan}"' in metrics and "overlay_lan_address_info{" in metrics
     routes = overlay.run(device.ns, "ip", "-j", "route", "show", "dev", "ovl0", "proto", "250")
     assert [r["dst"] for r in json.loads(routes.stdout)] == ["198.18.2.0/24"]  # the hello's
     for port in (7002, 7003):

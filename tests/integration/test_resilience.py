@@ -239,7 +239,7 @@ def test_silent_device_is_dropped_by_the_server_and_comes_back(overlay: Overlay)
             timeout=10,
         )
         assert overlay.server_status()["leases"] == [
-            {"device": "dev1", "vrf": "default", "address": up["address"]}
+            {"device": "dev1", "vrf": "default", "address": up["address"], "lan_address": None}
         ]
     finally:
         os.kill(device.process.pid, signal.SIGCONT)
