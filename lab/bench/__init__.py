@@ -1,6 +1,7 @@
 """``scripts/bench``: measure the overlay in network namespaces of its own (``ovlb-*``).
 
-    scripts/bench [--part paths|reconnect|agent|reach]… [--devices N] [--quick] [--json FILE]
+    scripts/bench [--part paths|reconnect|agent|reach|fairness]…
+                  [--devices N] [--quick] [--json FILE]
                   [--path direct|overlay|openvpn-tcp]… [--mtu N] [--codel T,I]
                   [--chart PNG] [--profile DIR]
 
@@ -32,6 +33,11 @@ how fast BIRD and FRR take N routes; after a SIGKILL of the node holding the
 lab's devices, how long until the NMS reaches each again at its LAN address;
 and with N load-generator devices, how long until the router has all of their
 routes on the surviving node.
+
+Part ``fairness`` (lab/bench/fairness.py): the lab with one device; SNMP
+response times (a get every 0.2 s from the server's side) and chrony's offset,
+with the tunnel idle and while the device downloads a 100 MB file from the
+server again and again.
 
 Numbers are printed as a table and written as JSON; nothing is asserted. Only
 addresses inside the bench's own namespaces are used.

@@ -16,6 +16,7 @@ from typing import Any
 from lab import netns
 from lab.bench import __doc__ as DESCRIPTION
 from lab.bench.agent import agent, format_agent
+from lab.bench.fairness import fairness, format_fairness
 from lab.bench.measure import PREFIX
 from lab.bench.paths import PATHS, paths
 from lab.bench.reach import format_reach, reach
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     devices = 50 if args.quick else args.devices
-    parts = args.part or ["paths", "reconnect", "agent", "reach"]
+    parts = args.part or ["paths", "reconnect", "agent", "reach", "fairness"]
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                     netns.remove(ns)
             if "agent" in parts:
                 results["agent"] = agent(Path(tmp) / "agent", 5 if args.quick else 30)
+            if "fairness" in parts:
+                results["fairness"] = fairness(
+                    Path(f"/tmp/ovl-bench-fairness-{os.getpid()}"), 10 if args.quick else 50
+                )
             if "reach" in parts:  # the lab, in a directory PostgreSQL and FRR may enter
                 results["reach"] = reach(
                     Path(f"/tmp/ovl-bench-reach-{os.getpid()}"),
@@ -169,6 +174,8 @@ def format_results(results: dict[str, Any]) -> str:
         lines += format_agent(results["agent"])
     if "reach" in results:
         lines += format_reach(results["reach"])
+    if "fairness" in results:
+        lines += format_fairness(results["fairness"])
     return "\n".join(lines)
 
 
