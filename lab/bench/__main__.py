@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--part", choices=["paths", "reconnect", "agent", "reach"], action="append")
+    parser.add_argument(
+        "--part",
+        choices=["paths", "reconnect", "agent", "reach", "fairness"],
+        action="append",
+    )
     parser.add_argument(
         "--path",
         choices=PATHS,
