@@ -31,7 +31,7 @@ def tlv(tag, body): return bytes([tag, len(body)]) + body
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.settimeout(2)
 for n in range(count):
-    request_id = struct.pack("!I", n + 1)
+    request_id = struct.pack("!I", 0x10000000 + n)  # 4 bytes, as BER writes it back
     varbinds = tlv(0x30, tlv(0x30, oid))
     pdu = tlv(0xA0, tlv(2, request_id) + tlv(2, b"\\0") + tlv(2, b"\\0") + varbinds)
     message = tlv(0x30, tlv(2, b"\\x01") + tlv(4, community) + pdu)
