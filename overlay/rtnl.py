@@ -57,6 +57,47 @@ def acknowledged(reply: bytes) -> int:
     return -error
 
 
+class RouteSocket:
+    """A netlink socket for runs of route changes, each acknowledged: a node's tunnels'
+    /32s (:mod:`overlay.server.routes`), at thousands a second where pyroute2 managed
+    about 2,300."""
+
+    CHUNK = 256  # messages a send carries: their acknowledgements must fit the receive buffer
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.sequence = 0
+
+    def change(self, changes: list[tuple[int, ipaddress.IPv4Network, int]]) -> list[int]:
+        """Apply (kind, network, interface index) changes in order; the errno of each (0:
+        done)."""
+        codes: list[int] = []
+        for start in range(0, len(changes), self.CHUNK):
+            chunk = changes[start : start + self.CHUNK]
+            first = self.sequence + 1
+            self.sequence += len(chunk)
+            self.sock.send(
+                b"".join(
+                    route_message(kind, network, index, first + n)
+                    for n, (kind, network, index) in enumerate(chunk)
+                )
+            )
+            found: dict[int, int] = {}
+            while len(found) < len(chunk):
+                reply = self.sock.recv(1 << 16)
+                offset = 0
+                while offset + 16 <= len(reply):
+                    length, _, _, sequence = struct.unpack_from("=IHHI", reply, offset)
+                    found[sequence] = acknowledged(reply[offset : offset + length])
+                    offset += (length + 3) & ~3
+            codes += [found.get(first + n, errno.EPROTO) for n in range(len(chunk))]
+        return codes
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def change_route(kind: int, network: ipaddress.IPv4Network, device: str) -> None:
     """Add (replace) or delete one route through ``device`` in this network namespace;
     OSError naming the route on failure."""

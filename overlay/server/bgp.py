@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlay.server.routes import PROTOCOL
+from overlay.rtnl import PROTOCOL
 
 
 @dataclass(frozen=True)

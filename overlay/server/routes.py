@@ -4,15 +4,20 @@ The routes carry a routing protocol number of our own (``PROTOCOL``, 250), so
 that the server touches nothing else in the routing table and a BGP daemon can
 pick exactly these (BIRD: ``krt_source = 250``, docs/reach.md). A node removes
 all of its protocol's routes when it starts (what a killed run left) and when
-it stops. Route changes are written over netlink (pyroute2) in order, in one
-thread, so that a handshake never waits for the kernel.
+it stops. Route changes are written over netlink in order, in one thread, so
+that a handshake never waits for the kernel; those queued meanwhile go as one
+run (:class:`overlay.rtnl.RouteSocket`: 10,000 returning tunnels' routes in well
+under a second, where one pyroute2 call per route took 4.3 s). pyroute2 reads
+and flushes the table at start and stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -23,17 +28,19 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlay.rtnl import PROTOCOL, RTM_DELROUTE, RTM_NEWROUTE, RouteSocket
+
 log = structlog.get_logger("overlay.server")
 
 T = TypeVar("T")
-PROTOCOL = 250  # /etc/iproute2/rt_protos has nothing there; ours
+RUN = 1024  # route changes written together at most
 
 
 class KernelRoutes:
     """The /32 routes of the tunnels this node holds, towards ``device``.
 
-    pyroute2's netlink socket runs in one thread of its own: its asyncio API needs a
-    datagram endpoint uvloop does not offer, and its sync API blocks."""
+    The netlink sockets live in one thread of their own: pyroute2's asyncio API needs a
+    datagram endpoint uvloop does not offer, and a netlink request blocks."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -41,6 +48,7 @@ class KernelRoutes:
         self.errors: Counter[str] = Counter()  # failed route changes, by operation
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="routes")
         self._ipr: IPRoute | None = None
+        self._socket: RouteSocket | None = None
         self._index = 0
         self._changes: asyncio.Queue[tuple[str, ipaddress.IPv4Address]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -75,19 +83,26 @@ class KernelRoutes:
 
     async def _write(self) -> None:
         while True:
-            op, address = await self._changes.get()
+            run = [await self._changes.get()]
+            while not self._changes.empty() and len(run) < RUN:
+                run.append(self._changes.get_nowait())
             try:
-                await self._call(self._change, op, address)
-            except NetlinkError as exc:
-                self.errors[op] += 1
-                log.error(
-                    "cannot change a tunnel's route", op=op, address=str(address), error=str(exc)
-                )
-                continue
-            if op == "replace":
-                self.installed.add(address)
-            else:
-                self.installed.discard(address)
+                codes = await self._call(self._change, run)
+            except OSError as exc:
+                codes = [exc.errno or errno.EIO] * len(run)
+            for (op, address), code in zip(run, codes, strict=True):
+                if code:
+                    self.errors[op] += 1
+                    log.error(
+                        "cannot change a tunnel's route",
+                        op=op,
+                        address=str(address),
+                        error=os.strerror(code),
+                    )
+                elif op == "replace":
+                    self.installed.add(address)
+                else:
+                    self.installed.discard(address)
 
     async def _call(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
@@ -97,10 +112,14 @@ class KernelRoutes:
     def _open(self) -> None:
         self._ipr = IPRoute()
         (self._index,) = self._ipr.link_lookup(ifname=self.device)
+        self._socket = RouteSocket()
 
-    def _change(self, op: str, address: ipaddress.IPv4Address) -> None:
-        assert self._ipr is not None
-        self._ipr.route(op, dst=f"{address}/32", oif=self._index, proto=PROTOCOL, scope="link")
+    def _change(self, run: list[tuple[str, ipaddress.IPv4Address]]) -> list[int]:
+        assert self._socket is not None
+        kinds = {"replace": RTM_NEWROUTE, "del": RTM_DELROUTE}
+        return self._socket.change(
+            [(kinds[op], ipaddress.IPv4Network(address), self._index) for op, address in run]
+        )
 
     def _flush(self) -> int:
         """Remove every route of our protocol from the main table; how many there were."""
@@ -118,3 +137,5 @@ class KernelRoutes:
     def _close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
+        if self._socket is not None:
+            self._socket.close()
