@@ -19,6 +19,7 @@ while a lab is up.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import signal
@@ -114,7 +115,7 @@ def route_rate(lab: Lab, count: int) -> dict[str, Any]:
     node = Server(2)
     base = prefixes(lab).get(node.lan_ip, 0)
     lines = [
-        f"route {{op}} {int_to_ip(ROUTE_BASE + n)}/32 dev ovl0 proto 250 scope link"
+        f"route {{op}} {ipaddress.IPv4Address(ROUTE_BASE + n)}/32 dev ovl0 proto 250 scope link"
         for n in range(count)
     ]
     timings = {}
@@ -137,10 +138,6 @@ def route_rate(lab: Lab, count: int) -> dict[str, Any]:
         "routes_per_s": round(count / timings["add"]["router_s"]),
         "kernel_write_s": timings["add"]["kernel_s"],
     }
-
-
-def int_to_ip(value: int) -> str:
-    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
 PING_LINE = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")

@@ -65,12 +65,6 @@ class Lan:
         host = int(overlay) & int(self.block.hostmask)
         return ipaddress.IPv4Address(int(self.prefix.network_address) | host)
 
-    def is_management(self, destination: int) -> bool:
-        """Whether a device may send to ``destination`` (an address as an int) as a reply."""
-        return any(
-            destination & int(net.netmask) == int(net.network_address) for net in self.management
-        )
-
 
 def map_pool(prefix: ipaddress.IPv4Network, pool: AddressPool) -> ipaddress.IPv4Network:
     """The overlay block of ``prefix``'s size that holds the whole pool; ConfigError if none."""
