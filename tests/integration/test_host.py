@@ -69,7 +69,16 @@ def test_the_server_runs_as_its_own_user_and_tells_systemd(
 ) -> None:
     pki = shared_dir / "pki"
     shutil.copytree(overlay.pki_dir, pki)
-    config = deploy.server_config(shared_dir / "server", pki, PASSWORD)
+    # [lan] too: the unit's user runs nft and writes routes with its capabilities alone
+    lan = '[lan]\nprefix = "198.18.128.0/17"\n[[service]]\nport = 514\nto = "198.18.2.20"\n'
+    config = deploy.server_config(
+        shared_dir / "server",
+        pki,
+        PASSWORD,
+        overlay='pool = "169.254.1.0-169.254.127.254"',
+        extra=lan,
+    )
+    netns.sysctl(SRV, "net.ipv4.ip_forward", "1")
     state = config.parent / "state"
     state.mkdir(mode=0o700)
     os.chown(state, UID, UID)
@@ -122,12 +131,16 @@ def test_the_server_runs_as_its_own_user_and_tells_systemd(
         overlay.server_config = config
         overlay.start_device(overlay.add_device("dev1"))
         assert (state / "control.sock").stat().st_uid == UID
+        table = netns.run(SRV, ["nft", "list", "table", "ip", "overlay_lan"])
+        assert "dnat prefix to 169.254.0.0/17" in table.stdout, table.stderr
+        assert overlay.server_status()["server"]["routes"] == {"installed": 2, "errors": {}}
 
         server.send_signal(1)  # SIGHUP: the certificate reloads
         assert listener.recv(4096) == b"RELOADING=1"
         assert listener.recv(4096) == b"READY=1"
         assert netns.stop(server) == 0
         assert listener.recv(4096) == b"STOPPING=1"
+        assert netns.run(SRV, ["nft", "list", "table", "ip", "overlay_lan"]).returncode != 0
     finally:
         listener.close()
     lines = log.read_text().splitlines()
