@@ -770,6 +770,7 @@ def format_status(data: ServerStatus) -> str:
         + (
             " ".join(
                 f"{lease['device']}/{lease['vrf']}={lease['address']}"
+                + (f" ({lease['lan_address']})" if lease.get("lan_address") else "")
                 for lease in data["leases"][:20]
             )
             + (" …" if len(data["leases"]) > 20 else "")
@@ -791,6 +792,20 @@ def format_status(data: ServerStatus) -> str:
             f"routes: {routes['installed']} (protocol 250)"
             + (f", refused: {counts(routes['errors'])}" if routes["errors"] else "")
             + ("" if bird is None else ", BIRD " + BIRD_STATES[bird["up"]])
+        )
+    lan = server.get("lan")
+    if lan is not None and "flows" not in data:
+        lines.append(
+            "lan: "
+            + "; ".join(
+                part
+                for part in (
+                    lan["prefix"] and f"{lan['prefix']} maps {lan['maps']}",
+                    lan["management"] and "management " + ", ".join(lan["management"]),
+                    lan["services"] and "services " + ", ".join(lan["services"]),
+                )
+                if part
+            )
         )
     if "fleet" in data:
         held = Counter(t["node"] for t in data["fleet"])

@@ -11,8 +11,11 @@ import pytest
 
 from overlay import control
 from overlay.server import cli
+from overlay.server.cli import format_status
+from overlay.server.config import load_server_config
 from overlay.server.node import Node
-from tests.middle.conftest import write_config
+from tests.faketun import FakeTun
+from tests.middle.conftest import make_node, write_config
 
 
 def test_check_config_says_ok_and_what_it_checked(
@@ -81,3 +84,24 @@ async def test_status_and_rules_still_answer_while_the_file_is_broken(
         assert added == 1  # a change waits for a file that loads
     finally:
         await runner.cleanup()
+
+
+async def test_status_shows_the_lan_and_each_lease_at_its_routable_address(
+    tmp_path: Path, tun: FakeTun
+) -> None:
+    lan = '[lan]\nprefix = "198.18.128.0/17"\nmanagement = ["198.18.2.0/24"]\n'
+    lan += '[[service]]\nport = 514\nto = "198.18.2.20"\n'
+    config = load_server_config(write_config(tmp_path, lan, pool="169.254.1.7-169.254.1.7"))
+    node = await make_node(config, tun)
+    try:
+        await node.store.lease("dev1", "default", 8, enroll=True)
+        data = node.status()
+        assert data["leases"][0]["lan_address"] == "198.18.129.7"
+        text = format_status(data)
+        assert "dev1/default=169.254.1.7 (198.18.129.7)" in text
+        assert (
+            "lan: 198.18.128.0/17 maps 169.254.0.0/17; management 198.18.2.0/24; "
+            "services udp/514 -> 198.18.2.20:514" in text
+        )
+    finally:
+        await node.store.close()
