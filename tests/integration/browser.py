@@ -15,6 +15,7 @@ import asyncio
 import base64
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,7 @@ async def main(url: str, signal: Path, screenshot: Path) -> None:
     finally:
         chromium.terminate()
         chromium.wait(timeout=10)
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":
