@@ -15,6 +15,7 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,7 @@ async def main(url: str, signal: Path, screenshot: Path) -> None:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=os.environ | {"TMPDIR": profile},  # its own temporary files go with the profile
     )
     try:
         active = Path(profile) / "DevToolsActivePort"
