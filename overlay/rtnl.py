@@ -102,8 +102,10 @@ def change_route(kind: int, network: ipaddress.IPv4Network, device: str) -> None
     """Add (replace) or delete one route through ``device`` in this network namespace;
     OSError naming the route on failure."""
     index = socket.if_nametoindex(device)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
-        sock.sendto(route_message(kind, network, index), (0, 0))
-        code = acknowledged(sock.recv(65536))
+    routes = RouteSocket()
+    try:
+        (code,) = routes.change([(kind, network, index)])
+    finally:
+        routes.close()
     if code and not (kind == RTM_DELROUTE and code == errno.ESRCH):
         raise OSError(code, f"route {network} dev {device}: {os.strerror(code)}")

@@ -32,6 +32,7 @@ from typing import Any
 
 from lab import deploy, netns
 from lab.bench.measure import REPO, iperf, ping_rtt
+from lab.bench.reconnect import Events
 from lab.topology import NAT, NMS, SRV, VRF, Lab, Server
 
 IPERF_PORT = 443  # a port the lab's rules (ovoc-management) let the LAN open towards devices
@@ -200,9 +201,10 @@ def failover_loadgen(lab: Lab, devices: int) -> dict[str, Any]:
         loadgen = subprocess.Popen(
             netns.exec_argv(NAT, argv), cwd=REPO, stdout=subprocess.PIPE, stderr=errors, text=True
         )
+    events = Events(loadgen)
     base = sum(prefixes(lab).values())  # the lab's own devices
     try:
-        up = read_event(loadgen, "up", 120 + devices / 20)
+        up = events.wait("up", 120 + devices / 20)
         learned = wait_prefixes(
             lab,
             lambda p: sum(p.values()) >= base + devices,
@@ -217,7 +219,7 @@ def failover_loadgen(lab: Lab, devices: int) -> dict[str, Any]:
             f"the router having all {devices} routes from {second.name}",
             120 + devices / 20,
         )
-        back = read_event(loadgen, "back", 120 + devices / 20)
+        back = events.wait("back", 120 + devices / 20)
         return {
             "devices": devices,
             "first_connect_s": up["seconds"],
@@ -231,20 +233,6 @@ def failover_loadgen(lab: Lab, devices: int) -> dict[str, Any]:
         loadgen.terminate()
         loadgen.wait(timeout=30)
         lab.start(first)
-
-
-def read_event(process: subprocess.Popen[str], event: str, timeout: float) -> dict[str, Any]:
-    """The load generator's next JSON line of kind ``event``."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the load generator ended before {event!r}")
-        data: dict[str, Any] = json.loads(line)
-        if data["event"] == event:
-            return data
-    raise TimeoutError(f"no {event!r} from the load generator within {timeout} s")
 
 
 def format_reach(r: dict[str, Any]) -> list[str]:

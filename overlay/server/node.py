@@ -106,8 +106,8 @@ class Node:
         lan = self.config.lan.lan_address(address)
         return [address] if lan is None else [address, lan]
 
-    def lan_address(self, address: str) -> str | None:
-        lan = self.config.lan.lan_address(ipaddress.IPv4Address(address))
+    def lan_address(self, address: ipaddress.IPv4Address) -> str | None:
+        lan = self.config.lan.lan_address(address)
         return None if lan is None else str(lan)
 
     def live(self) -> list[Tunnel]:
@@ -132,7 +132,8 @@ class Node:
         flows = {a: len(t.flows) for a, t in self.router.flows.items()}
         now = time.monotonic()
         sessions: list[SessionStatus] = [
-            s.status(flows.get(s.address_bytes, 0), self.lan_address) for s in self._sessions
+            s.status(flows.get(s.address_bytes, 0), self.lan_address(s.lease.address))
+            for s in self._sessions
         ]
         config = self.config
         return {
@@ -165,7 +166,7 @@ class Node:
                     "device": lease.device,
                     "vrf": lease.vrf,
                     "address": str(lease.address),
-                    "lan_address": self.lan_address(str(lease.address)),
+                    "lan_address": self.lan_address(lease.address),
                 }
                 for lease in self.store.all()
             ],

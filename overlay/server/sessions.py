@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -138,15 +137,14 @@ class ServerSession:
             async with asyncio.timeout(wait):  # no task of its own, unlike wait_for
                 await self.ws.close(code=code, message=reason.encode())
 
-    def status(self, flows: int, lan: Callable[[str], str | None]) -> SessionStatus:
+    def status(self, flows: int, lan_address: str | None) -> SessionStatus:
         """This session as ``overlay status`` shows it; ``flows``: its address's flows now;
-        ``lan``: an overlay address's routable one ([lan] prefix)."""
-        address = str(self.lease.address)
+        ``lan_address``: its routable address ([lan] prefix), if any."""
         return {
             "device": self.lease.device,
             "vrf": self.lease.vrf,
-            "address": address,
-            "lan_address": lan(address),
+            "address": str(self.lease.address),
+            "lan_address": lan_address,
             "peer": self.peer,
             "session": self.id,
             "state": self.lifecycle.state.value,
