@@ -1,17 +1,21 @@
-"""The I/O loops that both ends run on an open tunnel: receive, keep alive, TUN to WebSocket.
+"""A tunnel's send queue, and the I/O loops the device agent runs on an open tunnel.
 
-Theory of operation. Three coroutines serve an open tunnel. ``receive`` reads
-WebSocket messages: binary frames go to a callback that splits and delivers
-their packets, pings are answered, and anything heard feeds the keepalive.
+Theory of operation. A :class:`Sender` holds what waits for a tunnel in a queue
+bounded in bytes and cuts it into frames of as many packets as are waiting;
+while the socket is busy the queue fills, CoDel drops what waited too long
+(``stale``), and beyond its bound packets are dropped and counted
+(``queue-full``) rather than delayed. Both ends have one per tunnel: the
+server's router feeds its sessions' (:mod:`overlay.server.sessions`, which
+write the frames to their transport themselves), the agent's TUN its own.
+
+On the device, three coroutines serve an open tunnel. ``receive`` reads
+WebSocket messages: binary frames go to a callback that delivers their
+packets, pings are answered, and anything heard feeds the keepalive.
 ``keep_alive`` pings every interval and returns when the peer has been silent
-for three. A :class:`Sender` holds what waits for the tunnel in a queue bounded
-in bytes and sends it as frames of as many packets as are waiting; while the
-socket is busy the queue fills, and beyond its bound packets are dropped and
-counted (``queue-full``) rather than delayed. The server's router feeds one per
-session; on the device, ``pump`` moves what the TUN reads into one as soon as
-it arrives, so that neither the TUN's queue nor ours hides a long delay. With offload
-(:mod:`overlay.offload`) packets travel behind their virtio-net headers, as the
-TUN reads and writes them; without, the headers stay on this host.
+for three. ``pump`` moves what the TUN reads into the Sender as soon as it
+arrives, so that neither the TUN's queue nor ours hides a long delay. With
+offload (:mod:`overlay.offload`) packets travel behind their virtio-net
+headers, as the TUN reads and writes them; without, the headers stay on this host.
 
 Nothing here logs per packet or per frame: counters only.
 """
@@ -99,8 +103,7 @@ async def receive(
     keepalive: Keepalive,
     counters: Counters,
 ) -> aiohttp.WSMessage:
-    """Deliver frames until the peer closes; return the message that ended the loop.
-    ``on_frame`` may let the loop turn (the server's router does, in large frames)."""
+    """Deliver frames until the peer closes; return the message that ended the loop."""
     loop = asyncio.get_running_loop()
     binary, ping = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PING
     while True:
@@ -148,7 +151,12 @@ async def deliver(frame: bytes, tun: TunDevice, counters: Counters, offload: boo
 
 
 class Sender:
-    """What waits for one tunnel, bounded in bytes and time, and the loop that sends it."""
+    """What waits for one tunnel, bounded in bytes and time, cut into frames.
+
+    The agent sends with :meth:`run`; the server's sessions write :meth:`next_frame`
+    to their transport themselves whenever it has room."""
+
+    __slots__ = ("_wake", "codel", "counters", "max_message", "outbox")
 
     def __init__(
         self, queue_bytes: int, max_message: int, counters: Counters, codel: Codel
@@ -157,7 +165,7 @@ class Sender:
         self.max_message = max_message
         self.counters = counters
         self.codel = codel
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None  # run()'s, while it runs
 
     def put_read(self, record: bytes, now: float, offload: bool) -> bool:
         """Queue what a TUN read (a header and a packet): whole with offload, else as
@@ -179,30 +187,41 @@ class Sender:
         """Queue a packet that arrived at ``now`` (never blocks); drop and count it
         when the queue is full."""
         if self.outbox.put(packet, now):
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
         else:
             self.counters.drop(Drop.QUEUE_FULL)
 
+    def next_frame(self, now: float) -> list[bytes | memoryview]:
+        """The packets of the next frame, as many as fit, after CoDel dropped what
+        waited too long; empty when nothing waits. Counted as sent."""
+        outbox, counters, codel = self.outbox, self.counters, self.codel
+        while outbox and codel.drop(now - outbox.oldest, now):
+            outbox.drop_oldest()
+            counters.drop(Drop.STALE)
+        if not outbox:
+            return []
+        packets = outbox.take(min(self.max_message, FRAME_BYTES))
+        counters.tx_frames += 1
+        counters.tx_packets += len(packets)
+        counters.tx_bytes += sum(map(len, packets))
+        return packets
+
     async def run(self, ws: WebSocket) -> None:
         """Send what is queued, as many packets per frame as fit, until cancelled."""
-        outbox, wake, counters, codel = self.outbox, self._wake, self.counters, self.codel
-        clock = time.monotonic  # as the router's and pump's arrival times
-        while True:
-            await wake.wait()
-            wake.clear()
-            while outbox:
-                now = clock()
-                while outbox and codel.drop(now - outbox.oldest, now):
-                    outbox.drop_oldest()
-                    counters.drop(Drop.STALE)
-                if not outbox:
-                    break
-                packets = outbox.take(min(self.max_message, FRAME_BYTES))
-                frame = b"".join(packets)
-                await ws.send_bytes(frame)
-                counters.tx_frames += 1
-                counters.tx_packets += len(packets)
-                counters.tx_bytes += len(frame)
+        outbox, wake = self.outbox, asyncio.Event()
+        self._wake = wake
+        clock = time.monotonic  # as the pump's arrival times
+        try:
+            while True:
+                while outbox:
+                    packets = self.next_frame(clock())
+                    if packets:
+                        await ws.send_bytes(b"".join(packets))
+                await wake.wait()
+                wake.clear()
+        finally:
+            self._wake = None
 
 
 async def pump(tun: TunDevice, ws: WebSocket, sender: Sender) -> None:

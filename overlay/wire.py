@@ -15,6 +15,7 @@ import enum
 import ipaddress
 import json
 import re
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
@@ -49,10 +50,36 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000  # orderly end; reconnect with the usual backoff
     GOING_AWAY = 1001  # the server shuts down or restarts; reconnect at once
+    PROTOCOL_ERROR = 1002  # the peer sent what is not WebSocket
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     REPLACED = 4001  # a newer session of the same (device, VRF) took over
     REMOVED = 4003  # the device was removed or unbound on the server
+
+
+class Opcode(enum.IntEnum):
+    """WebSocket frame opcodes (RFC 6455, section 5.2) the server writes."""
+
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+def frame_header(opcode: Opcode, length: int) -> bytes:
+    """The header of a whole, unmasked frame of ``length`` bytes: a server's frame."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+def close_payload(code: int, reason: str) -> bytes:
+    """A close frame's payload: the code, then the reason cut to fit a control frame."""
+    return struct.pack("!H", code) + reason.encode()[:123]
 
 
 @dataclass(frozen=True, slots=True)

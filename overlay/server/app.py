@@ -146,6 +146,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         stack.push_async_callback(control_runner.cleanup)
         router = asyncio.create_task(node.router.run())
         stack.push_async_callback(cancel, router)
+        beating = asyncio.create_task(node.keep_alive())
+        stack.push_async_callback(cancel, beating)
         sweeper = asyncio.create_task(node.router.sweep())
         stack.push_async_callback(cancel, sweeper)
         forgetting = asyncio.create_task(endpoint.forget())

@@ -32,10 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 import structlog
 from aiohttp import web
 
-from overlay import bridge, identity, wire
+from overlay import identity, wire
 from overlay.addressing import OVERLAY
 from overlay.codel import Codel
 from overlay.exceptions import PoolExhaustedError, StoreError, VrfLimitError
+from overlay.server import handshake
 from overlay.server.auth import Checker, Credentials, PasswordHash, hash_password
 from overlay.server.budget import TokenBucket
 from overlay.server.handshake import Refusal, TunnelRequest, check_request
@@ -317,18 +318,12 @@ class Endpoint:
             log.info("device enrolled automatically", device=checked.device, peer=source)
 
         config, limits = self.config, self.config.firewall.limits
-        ws = web.WebSocketResponse(
-            protocols=(wire.SUBPROTOCOL,),
-            autoping=False,
-            compress=False,
-            max_msg_size=config.max_message,
-            writer_limit=0,  # wait for the transport after every frame (bridge.UNSENT_BYTES)
-        )
-        await ws.prepare(request)
-        node.gate.settled(request.transport)
-        bridge.bound_send_buffers(request.transport, inherited=True)  # listen_for_tunnels
+        transport = request.transport
+        if transport is None or transport.is_closing():  # the device gave up meanwhile
+            return web.Response()
         session = ServerSession(
-            ws,
+            node.router,
+            node.ended,
             lease,
             source,
             secrets.token_hex(8),
@@ -341,20 +336,24 @@ class Endpoint:
             node.refusals,
             offload=config.offload and checked.offload,
         )
+        transport.write(handshake.switching_protocols(checked.key, SECURE_HEADERS))
+        node.gate.settled(transport)
         previous = node.opened(session)
-        try:
-            if previous is not None:
-                if previous.peer != source:  # a device that moved, or one that claims its id
-                    node.refusals["takeover-other-peer"] += 1
-                    log.warning(
-                        "tunnel taken over from another address",
-                        device=checked.device,
-                        vrf=checked.vrf,
-                        peer=source,
-                        previous_peer=previous.peer,
-                    )
-                await previous.close(wire.CloseCode.REPLACED, "replaced by a newer session")
-            hello = wire.Hello(
+        session.take(transport, hand_over(request))
+        if previous is not None:
+            if previous.peer != source:  # a device that moved, or one that claims its id
+                node.refusals["takeover-other-peer"] += 1
+                log.warning(
+                    "tunnel taken over from another address",
+                    device=checked.device,
+                    vrf=checked.vrf,
+                    peer=source,
+                    previous_peer=previous.peer,
+                )
+            # The older one has CLOSE_WAIT to answer; this one need not wait for that.
+            previous.begin_close(wire.CloseCode.REPLACED, "replaced by a newer session")
+        session.open(
+            wire.Hello(
                 address=str(lease.address),
                 prefix=OVERLAY.prefixlen,
                 server=str(config.address),
@@ -365,7 +364,33 @@ class Endpoint:
                 offload=session.offload,
                 routes=node.lan_routes,
             )
-            await session.run(node.router, hello)
-        finally:
-            node.ended(session)
-        return ws
+        )
+        return web.Response()  # written nowhere: the connection is the session's now
+
+
+class _Tail:
+    """Takes, as aiohttp's parser after an upgrade would, what followed the request."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.data += data
+        return False, b""
+
+    def feed_eof(self) -> None:
+        pass
+
+
+def hand_over(request: web.Request) -> bytes:
+    """Take the connection away from aiohttp, after its protocol was set to a session:
+    aiohttp's handler forgets it (and writes nothing more, nor closes it), and its
+    request ends with this handler. Return what the device sent after the request."""
+    handler = request.protocol
+    tail = _Tail()
+    handler.set_parser(tail)  # type: ignore[arg-type]  # hands over what it holds
+    handler.transport = None
+    handler.connection_lost(None)  # out of the server's connections, nothing closed
+    return tail.data

@@ -10,6 +10,8 @@ by the caller, which owns the slow and stateful parts.
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +34,12 @@ class TunnelRequest:
     username: str
     password: str
     offload: bool = False  # the device asked for segmentation offload
+    key: str = ""  # Sec-WebSocket-Key, which the 101 answers
+
+
+# RFC 6455, section 1.3: what the server appends to the client's key to accept it.
+ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WEBSOCKET_VERSION = "13"
 
 
 def check_request(headers: Mapping[str, str]) -> TunnelRequest | Refusal:
@@ -50,6 +58,18 @@ def check_request(headers: Mapping[str, str]) -> TunnelRequest | Refusal:
             "version",
             f"protocol {protocols} not supported; this server speaks {wire.SUBPROTOCOL}",
         )
+    key = headers.get("Sec-WebSocket-Key", "")
+    if (
+        "upgrade" not in headers.get("Connection", "").lower()
+        or headers.get("Sec-WebSocket-Version", "") != WEBSOCKET_VERSION
+        or not _is_key(key)
+    ):
+        return Refusal(
+            400,
+            "bad-websocket",
+            "a WebSocket upgrade needs Connection: Upgrade, Sec-WebSocket-Version: 13 "
+            "and a Sec-WebSocket-Key",
+        )
     device = headers.get(wire.HEADER_DEVICE, "")
     if not wire.NAME.fullmatch(device):
         return Refusal(
@@ -66,7 +86,29 @@ def check_request(headers: Mapping[str, str]) -> TunnelRequest | Refusal:
     if credentials is None:
         return Refusal(401, "no-credentials", "missing or malformed Basic Authorization")
     offload = headers.get(wire.HEADER_OFFLOAD, "").strip().lower() == wire.OFFLOAD_VNET
-    return TunnelRequest(device, vrf, *credentials, offload=offload)
+    return TunnelRequest(device, vrf, *credentials, offload=offload, key=key)
+
+
+def _is_key(key: str) -> bool:
+    """A Sec-WebSocket-Key: 16 bytes in base64 (RFC 6455, section 4.1)."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def switching_protocols(key: str, headers: Mapping[str, str]) -> bytes:
+    """The 101 that accepts a checked request's upgrade, with ``headers`` added."""
+    accept = base64.b64encode(hashlib.sha1(key.encode() + ACCEPT_GUID).digest()).decode()
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept}",
+        f"Sec-WebSocket-Protocol: {wire.SUBPROTOCOL}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:

@@ -30,6 +30,7 @@ from overlay.server.routes import KernelRoutes
 from overlay.server.rulebook import Rulebook
 from overlay.server.sessions import ServerSession
 from overlay.server.store import Store
+from overlay.server.wheel import Wheel
 from overlay.status import (
     CertificateStatus,
     FlowStatus,
@@ -72,6 +73,7 @@ class Node:
         self.started = time.time()
         self.handshakes = 0
         self._sessions: set[ServerSession] = set()
+        self.wheel: Wheel[ServerSession] = Wheel(time.monotonic())  # their keepalive
         self.fleet: Fleet | None = None  # with a PostgreSQL store: the fleet's tunnel table
         self.routes: KernelRoutes | None = None  # a /32 per tunnel, for BGP (overlay.routes)
         self.bird: BirdWatch | None = None  # with [bgp]: whether BIRD runs to announce them
@@ -84,6 +86,7 @@ class Node:
         """A new session carries its (device, VRF) from now on; return the one it replaces."""
         self.handshakes += 1
         self._sessions.add(session)
+        self.wheel.schedule(session, time.monotonic() + session.keepalive.interval)
         if self.fleet is not None:
             self.fleet.claim(tunnel(session))
         if self.routes is not None:
@@ -100,6 +103,17 @@ class Node:
         if self.routes is not None and session.key not in self.router.by_key:
             for address in self._routed(session.lease.address):  # not when a newer one holds it
                 self.routes.remove(address)
+
+    async def keep_alive(self, tick: float = 1.0) -> None:
+        """Every ``tick`` seconds, give the sessions whose ping interval is up their beat:
+        one timer for every tunnel; until cancelled."""
+        wheel = self.wheel
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for session in wheel.due(now):
+                if session.beat(now):
+                    wheel.schedule(session, now + session.keepalive.interval)
 
     def _routed(self, address: ipaddress.IPv4Address) -> list[ipaddress.IPv4Address]:
         """The routes of a tunnel: its overlay address, and its LAN address with [lan] prefix."""

@@ -3,13 +3,15 @@
 Theory of operation. The server has one TUN (169.254.0.1/16). Whatever the
 management side sends to a device address arrives on it; :meth:`Router.run`
 drains it in batches and puts each IPv4 packet in the send queue of the session
-that holds the destination address, or counts it as ``no-session``. Frames from
-a device go through :meth:`Router.from_device`: split, checked against the
+that holds the destination address, or counts it as ``no-session``; at the end
+of the batch each session it fed sends what it got. Frames from a device go
+through :meth:`Router.split` and :meth:`Router.from_device`: checked against the
 policy (anti-spoofing, service range only), written to the TUN. Both ways, the
 firewall then checks each packet against the flow table of the device address
 (:mod:`overlay.server.firewall`). The tables belong to addresses, not sessions,
 so flows outlive a reconnect. Each session sends from its own bounded queue, so
-one slow device never stalls the router.
+one slow device never stalls the router. Everything here runs in the callbacks
+of the TUN's reader and of the sessions' connections: no task, no await.
 
 The TUN reads and writes each packet behind a virtio-net header
 (:mod:`overlay.offload`). A session with offload carries the headers over the
@@ -57,6 +59,8 @@ class Routed(Protocol):
     def sender(self) -> Sender: ...
 
     turn_budget: int  # packets it may still hand over before the loop must turn
+
+    def flush(self) -> None: ...  # send what its sender holds, as far as the socket takes it
 
 
 class Tap(Protocol):
@@ -108,32 +112,38 @@ class Router(Generic[S]):
         if self.by_address.get(session.address_bytes) is session:
             del self.by_address[session.address_bytes]
 
-    async def from_device(self, session: Routed, frame: bytes) -> int:
-        """Deliver the packets of one frame from ``session`` to the TUN; return how many
-        were refused (not allowed, spoofed, malformed…: not those the TUN had no room for).
-
-        A device may send thousands of small packets in a frame, or a queue of small
-        frames that its WebSocket hands over without a pause. Every ``TURN_PACKETS`` of
-        its packets, across frames, the router lets the event loop turn, so that one
-        device delays the others' packets and handshakes by at most that much work each
-        turn; and while this session waits for its turn, aiohttp stops reading its
-        socket once its queue is full, so TCP slows the device down."""
-        counters, offload = session.counters, session.offload
+    def split(self, session: Routed, frame: bytes) -> list[memoryview] | None:
+        """The records of one frame from ``session``; None (counted ``malformed``) when
+        it does not split into whole packets."""
+        counters = session.counters
         try:
-            records = split_packets(frame, HEADER_SIZE if offload else 0)
+            records = split_packets(frame, HEADER_SIZE if session.offload else 0)
         except FrameError:
             counters.drop(Drop.MALFORMED)
-            return 1
+            return None
         counters.rx_frames += 1
         counters.rx_bytes += len(frame)
+        return records
+
+    def from_device(
+        self, session: Routed, records: list[memoryview], start: int
+    ) -> tuple[int, int]:
+        """Deliver ``records[start:]`` from ``session`` to the TUN until its turn's budget
+        is spent; return where it stopped (``len(records)`` when done) and how many were
+        refused (not allowed, spoofed…: not those the TUN had no room for).
+
+        A device may send thousands of small packets in a frame, or many small frames
+        at once. Every ``TURN_PACKETS`` of its packets, across frames, the session lets
+        the event loop turn before it goes on, and stops reading its socket meanwhile,
+        so that one device delays the others' packets and handshakes by at most that
+        much work each turn, and TCP slows the device down."""
+        counters, offload = session.counters, session.offload
         check, write, source = self.policy.from_device, self.tun.write, session.address_bytes
         firewall, table, now = self.firewall.check, self.flows[source], time.monotonic()
         taps, refused, budget = self._taps, 0, session.turn_budget
-        for record in records:
-            budget -= 1
-            if not budget:
-                await asyncio.sleep(0)
-                budget, now = TURN_PACKETS, time.monotonic()
+        stop = min(len(records), start + budget)
+        for index in range(start, stop):
+            record = records[index]
             if offload:
                 packet = record[HEADER_SIZE:]
                 if not acceptable(record):
@@ -156,8 +166,8 @@ class Router(Generic[S]):
                     tap.offer(source, packet)
             else:
                 counters.drop(Drop.TUN_FULL)
-        session.turn_budget = budget
-        return refused
+        session.turn_budget = budget - (stop - start)
+        return stop, refused
 
     async def run(self) -> None:
         """Forward what the TUN reads to the sessions as it arrives, until cancelled.
@@ -175,6 +185,7 @@ class Router(Generic[S]):
         by_address, drops, taps = self.by_address, self.drops, self._taps
         firewall, flows = self.firewall.check, self.flows
         now = time.monotonic()
+        touched: set[S] = set()
         for record in self.tun.read_batch(self.batch_bytes):
             packet = memoryview(record)[HEADER_SIZE:]
             if packet[0] >> 4 != 4:
@@ -191,8 +202,11 @@ class Router(Generic[S]):
                 continue
             if not session.sender.put_read(record, now, session.offload):
                 continue
+            touched.add(session)
             for tap in taps:
                 tap.offer(destination, packet)
+        for session in touched:  # what this batch queued leaves now, a frame per session
+            session.flush()
 
     async def sweep(self, interval: float = 10.0) -> None:
         """Forget ended flows every ``interval`` seconds, and the tables of addresses that

@@ -65,6 +65,9 @@ class FakeSession:
     def __post_init__(self) -> None:
         self.sender = Sender(self.queue_bytes, self.max_message, self.counters, Codel())
 
+    def flush(self) -> None:
+        """Nothing: these tests send with ``sender.run``."""
+
     @property
     def key(self) -> tuple[str, str]:
         return (self.device, "default")

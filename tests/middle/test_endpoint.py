@@ -4,6 +4,7 @@ refusals in their documented order with their counters, the hello, and 4001 take
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -201,6 +202,63 @@ async def test_a_device_that_keeps_sending_refused_traffic_is_closed_with_1008(
             assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1008)
         assert served.node.refusals["refused-traffic"] == 1
         assert served.node.status()["drops"]["policy"] == 120
+
+
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [
+        (b"\x09\x00", "a fragment of a ping"),
+        (b"\x80\x00", "a continuation of nothing"),
+        (b"\x8f\x00", "an opcode WebSocket does not have"),
+    ],
+)
+async def test_what_is_not_websocket_is_closed_with_1002(
+    served: Served, frame: bytes, what: str
+) -> None:
+    async for ws in tunnel(served):
+        writer = ws._writer.transport
+        assert writer is not None
+        writer.write(frame)
+        closed = await ws.receive(timeout=5)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1002), what
+
+
+async def test_after_the_upgrade_nothing_of_aiohttp_s_request_stays(served: Served) -> None:
+    """The session is the connection's protocol: no task, request, handler or WebSocket
+    response of aiohttp's lives on per tunnel, and the tunnel still answers."""
+    await served.node.store.enroll("dev1", None)
+    tasks = len(asyncio.all_tasks())
+    async with aiohttp.ClientSession() as http:
+        tunnels = []
+        for vrf in ("a", "b"):
+            ws = await http.ws_connect(
+                served.url,
+                protocols=(wire.SUBPROTOCOL,),
+                headers=headers() | {wire.HEADER_VRF: vrf},
+                ssl=served.trust,
+                server_hostname="overlay.test",
+                autoping=False,  # the test sees the pong
+            )
+            await ws.receive(timeout=5)
+            tunnels.append(ws)
+        await asyncio.sleep(0.1)  # aiohttp's handlers end after the hello
+        gc.collect()
+        kept = [
+            type(o).__name__
+            for o in gc.get_objects()
+            if isinstance(o, web.RequestHandler | web.BaseRequest | web.WebSocketResponse)
+        ]
+        assert kept == []
+        assert len(asyncio.all_tasks()) - tasks <= 2  # the client's own readers, if any
+        await tunnels[0].ping()
+        pong = await tunnels[0].receive(timeout=5)
+        assert pong.type is aiohttp.WSMsgType.PONG
+        assert served.node.status()["sessions"][0]["state"] == "open"
+        for ws in tunnels:
+            await ws.close()
+        assert [ws.close_code for ws in tunnels] == [1000, 1000]
+    await asyncio.sleep(0.1)
+    assert served.node.status()["sessions"] == []
 
 
 async def raw_status(served: Served, head: bytes) -> int:

@@ -53,8 +53,8 @@ async def test_a_device_frame_passes_policy_and_firewall_and_taps_see_it(tun: Fa
     syslog = ipv4("169.254.1.1", SERVER, 17, b"<13>hello", 40000, 514)
     ntp = ipv4("169.254.1.1", SERVER, 17, b"\x23" + bytes(47), 123, 123)
     with router.tapped(tap):
-        assert await router.from_device(session, syslog + ntp) == 0
-    await router.from_device(session, syslog)  # the tap is gone
+        assert deliver(router, session, syslog + ntp) == 0
+    deliver(router, session, syslog)  # the tap is gone
     assert tun.written() == [syslog, ntp, syslog]
     assert tap.seen == [(session.address_bytes, syslog), (session.address_bytes, ntp)]
     assert session.counters.rx_packets == 3
@@ -73,8 +73,8 @@ async def test_spoofed_device_isolation_options_and_unallowed_ports_are_dropped_
     # a loose source route (option 131) naming another device: IHL 7, the option, a pad
     routed = bytes([0x47]) + plain[1:20] + bytes([131, 7, 4, 169, 254, 1, 2, 0]) + plain[20:]
     routed = routed[:2] + len(routed).to_bytes(2, "big") + routed[4:]
-    assert await router.from_device(session, spoofed + other_device + unallowed + routed) == 4
-    assert await router.from_device(session, b"\x45garbage") == 1
+    assert deliver(router, session, spoofed + other_device + unallowed + routed) == 4
+    assert deliver(router, session, b"\x45garbage") == 1
     assert tun.written() == []
     assert dict(session.counters.drops) == {
         "spoofed": 1,
@@ -84,27 +84,37 @@ async def test_spoofed_device_isolation_options_and_unallowed_ports_are_dropped_
     }
 
 
-async def test_a_frame_of_many_packets_lets_the_loop_turn(tun: FakeTun) -> None:
+def deliver(router: Router[FakeSession], session: FakeSession, frame: bytes) -> int:
+    """Deliver a whole frame as a session does, a turn's budget at a time; return how
+    many packets were refused."""
+    records = router.split(session, frame)
+    if records is None:
+        return 1
+    index, refused = 0, 0
+    while index < len(records):
+        session.turn_budget = TURN_PACKETS
+        index, more = router.from_device(session, records, index)
+        refused += more
+    return refused
+
+
+async def test_a_frame_of_many_packets_is_delivered_a_turn_at_a_time(tun: FakeTun) -> None:
     """One device's frame of thousands of small packets must not hold the event loop for
-    all of them: others run every TURN_PACKETS packets."""
+    all of them: the router stops after TURN_PACKETS, and goes on from there."""
     router, session = router_for(tun), FakeSession("dev1", "169.254.1.1")
     router.attach(session)
-    refused = ipv4("169.254.1.1", SERVER, 17, b"", 40000, 9999)  # no rule allows it
-    frame = refused * (TURN_PACKETS * 4)
-    turns = 0
-
-    async def other() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticking = asyncio.create_task(other())
-    await asyncio.sleep(0)
-    start = turns
-    assert await router.from_device(session, frame) == TURN_PACKETS * 4
-    ticking.cancel()
-    assert turns - start >= 3  # the other task ran while the frame was handled
+    syslog = ipv4("169.254.1.1", SERVER, 17, b"<13>x", 40000, 514)
+    records = router.split(session, syslog * (TURN_PACKETS * 2 + 5))
+    assert records is not None
+    assert router.from_device(session, records, 0) == (TURN_PACKETS, 0)
+    assert session.turn_budget == 0
+    assert router.from_device(session, records, TURN_PACKETS) == (TURN_PACKETS, 0)  # spent
+    session.turn_budget = TURN_PACKETS
+    assert router.from_device(session, records, TURN_PACKETS) == (TURN_PACKETS * 2, 0)
+    session.turn_budget = TURN_PACKETS
+    assert router.from_device(session, records, TURN_PACKETS * 2) == (len(records), 0)
+    assert session.turn_budget == TURN_PACKETS - 5
+    assert len(tun.written()) == len(records) == session.counters.rx_packets
 
 
 async def test_a_packet_for_an_address_without_session_is_dropped_and_counted(
@@ -145,7 +155,7 @@ async def test_a_device_answers_the_management_lan_but_opens_nothing_there(tun: 
     opened = ipv4("169.254.1.1", "198.18.2.10", 17, b"<13>syslog", 40001, 514)
     ping = ipv4("169.254.1.1", "198.18.2.10", 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]))
     beyond = ipv4("169.254.1.1", "198.18.3.10", 17, b"x", 161, 40000)
-    assert await router.from_device(session, reply + opened + ping + beyond) == 3
+    assert deliver(router, session, reply + opened + ping + beyond) == 3
     assert tun.written() == [reply]
     assert dict(session.counters.drops) == {"policy": 3}
     reading.cancel()
@@ -197,6 +207,6 @@ async def test_offload_headers_no_kernel_would_write_are_refused(tun: FakeTun) -
     router.attach(session)
     udp = ipv4("169.254.1.1", SERVER, 17, b"x" * 100, 40000, 514)
     tcp_header_on_udp = struct.pack("<BBHHHH", 1, 1, 0, 1360, 20, 16) + udp
-    assert await router.from_device(session, PLAIN + udp + tcp_header_on_udp) == 1
+    assert deliver(router, session, PLAIN + udp + tcp_header_on_udp) == 1
     assert tun.written() == [udp]
     assert dict(session.counters.drops) == {"bad-offload": 1}
