@@ -21,6 +21,16 @@ INTERVAL = 0.1  # seconds the wait must last first: about the round trip of the 
 class Codel:
     """The drop decisions of one queue (RFC 8289, section 5)."""
 
+    __slots__ = (
+        "count",
+        "drop_next",
+        "dropping",
+        "first_above",
+        "interval",
+        "last_count",
+        "target",
+    )
+
     def __init__(self, target: float = TARGET, interval: float = INTERVAL) -> None:
         self.target = target
         self.interval = interval

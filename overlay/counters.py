@@ -30,7 +30,7 @@ class Drop(enum.Enum):
     BAD_OFFLOAD = "bad-offload"  # an offload header an honest kernel would not have written
 
 
-@dataclass
+@dataclass(slots=True)
 class Counters:
     """Traffic at one end of a tunnel: ``rx`` arrived over the WebSocket, ``tx`` left by it."""
 

@@ -17,7 +17,7 @@ class Beat(enum.Enum):
     DEAD = "dead"
 
 
-@dataclass
+@dataclass(slots=True)
 class Keepalive:
     """Decide when to ping and when the peer is dead, from times given by the caller."""
 

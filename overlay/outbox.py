@@ -15,6 +15,8 @@ class Outbox:
     a standing queue adds no more than a few milliseconds, whatever the rate.
     """
 
+    __slots__ = ("_packets", "limit", "size")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0

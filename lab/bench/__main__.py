@@ -142,13 +142,13 @@ def format_results(results: dict[str, Any]) -> str:
     if "paths" in results:
         lines.append(
             f"{'path':<16} {'up Mbit/s':>10} {'down Mbit/s':>12} {'idle RTT ms':>12} "
-            f"{'RTT under load ms':>18} {'server CPU s/Gbit':>18}"
+            f"{'at 1/s ms':>10} {'RTT under load ms':>18} {'server CPU s/Gbit':>18}"
         )
         for row in results["paths"]:
             cpu = row["server_cpu_s_per_gbit"]
             lines.append(
                 f"{row['path']:<16} {row['up_mbit']:>10} {row['down_mbit']:>12} "
-                f"{row['idle_rtt_ms']:>12} {row['loaded_rtt_ms']:>18} "
+                f"{row['idle_rtt_ms']:>12} {row['sparse_rtt_ms']:>10} {row['loaded_rtt_ms']:>18} "
                 f"{'-' if cpu is None else cpu:>18}"
             )
     if "reconnect" in results:

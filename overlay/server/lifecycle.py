@@ -35,6 +35,8 @@ class InvalidTransition(RuntimeError):
 class Lifecycle:
     """The state of one session, with the transitions checked."""
 
+    __slots__ = ("state",)
+
     def __init__(self) -> None:
         self.state = State.CONNECTING
 

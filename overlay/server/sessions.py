@@ -97,7 +97,6 @@ class ServerSession(asyncio.Protocol):
         "key",
         "lease",
         "lifecycle",
-        "log",
         "offload",
         "peer",
         "refused",
@@ -138,20 +137,26 @@ class ServerSession(asyncio.Protocol):
         self.closures = closures  # the node's count of tunnels it closed, by reason
         self.close_code: int | None = None
         self.close_reason: str | None = None  # ours, when the server closed the tunnel
-        self.log = log.bind(
-            device=lease.device, vrf=lease.vrf, address=str(lease.address), session=session_id
-        )
         self._router = router
         self._ended = ended  # the node forgets the session
         self._transport: asyncio.Transport | None = None
         self._reader = WebSocketReader(_Inbox(self), max_message, False, False)
-        self._frames: deque[bytes] = deque()  # binary frames waiting for their turn
+        self._frames: deque[bytes] | None = None  # binary frames waiting for their turn
         self._records: list[memoryview] | None = None  # the frame being delivered
         self._index = 0  # and how far
         self._paused = False  # the transport pushes back
         self._turning = False  # the budget is spent: the next turn goes on delivering
         self._closed: asyncio.Future[None] | None = None  # for those who await the end
         self._abort: asyncio.TimerHandle | None = None  # when a close goes unanswered
+
+    @property
+    def log(self) -> Any:
+        """The session's logger, with its device, VRF, address and id: bound when it
+        logs (rarely), rather than held by every idle tunnel."""
+        lease = self.lease
+        return log.bind(
+            device=lease.device, vrf=lease.vrf, address=str(lease.address), session=self.id
+        )
 
     def take(self, transport: asyncio.Transport, early: bytes) -> None:
         """Serve ``transport`` from now on; ``early``: what the device sent after its
@@ -192,7 +197,7 @@ class ServerSession(asyncio.Protocol):
             self._abort.cancel()
         if self.close_code is None:
             self.close_code = ABNORMAL
-        self._frames.clear()
+        self._frames = None
         self._records = None
         self.lifecycle.advance(State.CLOSED)
         self.log.info(
@@ -212,7 +217,10 @@ class ServerSession(asyncio.Protocol):
         kind = message.type
         if kind is WSMsgType.BINARY:
             if self.lifecycle.state is not State.CLOSING:  # a closing tunnel carries nothing
-                self._frames.append(message.data)
+                frames = self._frames
+                if frames is None:
+                    frames = self._frames = deque()
+                frames.append(message.data)
         elif kind is WSMsgType.PING:
             self._write(Opcode.PONG, message.data)
         elif kind is WSMsgType.CLOSE:
@@ -223,7 +231,7 @@ class ServerSession(asyncio.Protocol):
     def _broken(self, exc: BaseException) -> None:
         """The reader refused what the device sent (too big, not WebSocket…)."""
         code = exc.code if isinstance(exc, WebSocketError) else CloseCode.PROTOCOL_ERROR
-        self._frames.clear()
+        self._frames = None
         self._records = None
         self.begin_close(code, str(exc))
 
@@ -252,7 +260,7 @@ class ServerSession(asyncio.Protocol):
                 return
             records = self._records
             if records is None:
-                records = router.split(self, self._frames.popleft())
+                records = router.split(self, self._frames.popleft())  # type: ignore[union-attr]
                 if records is None:
                     if not self._refuse(1):
                         return
@@ -263,6 +271,7 @@ class ServerSession(asyncio.Protocol):
                 return
             if self._index == len(records):
                 self._records = None
+        self._frames = None  # all delivered: an idle tunnel holds no queue
 
     def _next_turn(self) -> None:
         self._turning = False
@@ -282,7 +291,7 @@ class ServerSession(asyncio.Protocol):
             "device keeps sending traffic the server refuses, closing its session",
             drops=dict(self.counters.drops),
         )
-        self._frames.clear()
+        self._frames = None
         self._records = None
         self.begin_close(CloseCode.POLICY_VIOLATION, "too much refused traffic", wait=0.5)
         return False
