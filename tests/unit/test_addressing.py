@@ -64,3 +64,23 @@ def test_service_range_is_never_assignable():
 def test_bad_pools(text, message):
     with pytest.raises(ConfigError, match=message):
         AddressPool.parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "169.254.1.0-169.254.255.254",
+        "169.254.1.0/24",
+        "169.254.1.1-169.254.1.1",
+        "169.254.1.255-169.254.2.0",
+        "169.254.169.100-169.254.170.3",
+        "169.254.169.254-169.254.169.254",
+        "169.254.7.13-169.254.9.200",
+    ],
+)
+def test_capacity_counts_what_a_walk_would(text):
+    pool = AddressPool.parse(text)
+    walked = sum(
+        is_assignable(ipaddress.IPv4Address(n)) for n in range(int(pool.first), int(pool.last) + 1)
+    )
+    assert pool.capacity == walked
