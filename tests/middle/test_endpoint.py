@@ -261,6 +261,56 @@ async def test_after_the_upgrade_nothing_of_aiohttp_s_request_stays(served: Serv
     assert served.node.status()["sessions"] == []
 
 
+async def test_a_device_that_stops_reading_costs_its_own_queue_not_the_others(
+    served: Served, tun: FakeTun
+) -> None:
+    """The server's writes to a device that stopped reading wait in that session's
+    bounded queue (then are dropped and counted); another tunnel's packets still leave
+    at once (Tailscale derp's TestSendFreeze, over real TLS)."""
+    await served.node.store.enroll("dev1", None)
+    routing = asyncio.create_task(served.node.router.run())
+    async with aiohttp.ClientSession() as http:
+        stalled, lively = [
+            await http.ws_connect(
+                served.url,
+                protocols=(wire.SUBPROTOCOL,),
+                headers=headers() | {wire.HEADER_VRF: vrf},
+                ssl=served.trust,
+                server_hostname="overlay.test",
+            )
+            for vrf in ("a", "b")
+        ]
+        addresses = [
+            json.loads((await ws.receive(timeout=5)).data)["address"] for ws in (stalled, lively)
+        ]
+        stalled_transport = stalled._writer.transport
+        assert stalled_transport is not None
+        stalled_transport.pause_reading()
+        session = served.node.router.by_key[("dev1", "a")]
+        bulk = ipv4("169.254.0.1", addresses[0], 17, bytes(1300), 40000, 161)
+        for _ in range(8000):  # 10 MB: more than loopback's buffers and the queue hold
+            while True:
+                try:
+                    tun.inject(bulk)
+                    break
+                except BlockingIOError:  # the fake TUN's own queue: let the router read
+                    await asyncio.sleep(0.001)
+            if session.counters.drops:
+                break
+        drops = session.counters.drops
+        assert drops["queue-full"] + drops["stale"] > 0
+        assert session.sender.outbox.size <= served.node.config.queue_bytes
+        poll = ipv4("169.254.0.1", addresses[1], 17, b"get", 40000, 161)
+        tun.inject(poll)
+        got = await lively.receive(timeout=5)
+        assert (got.type, got.data) == (aiohttp.WSMsgType.BINARY, poll)
+        stalled_transport.resume_reading()
+        await stalled.close()
+        await lively.close()
+    routing.cancel()
+    await asyncio.gather(routing, return_exceptions=True)
+
+
 async def raw_status(served: Served, head: bytes) -> int:
     """The status line's code for a request written byte for byte (``head`` without the
     request line's path and the final blank line)."""
