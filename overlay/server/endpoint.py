@@ -8,8 +8,10 @@ client certificate (one and the same 401 for a wrong password, an unknown id
 and a missing certificate, after the same scrypt check: no oracle for which ids
 are enrolled), the enrolment (403, only after valid credentials), the VRF limit
 (403), the takeover limit (429), the enrolment and lease (503 when the pool is
-exhausted or the store fails). Only then is the WebSocket upgraded, an older
-session of the same (device, VRF) closed with 4001, and the hello sent. Every
+exhausted or the store fails). Only then is the WebSocket upgraded (the 101 is
+ours, and the connection is handed from aiohttp to the session:
+:mod:`overlay.server.sessions`), an older session of the same (device, VRF)
+closed with 4001, and the hello sent. Every
 refusal is counted by reason and logged once.
 
 Credentials are checked by scrypt in a pool of ``SCRYPT_THREADS`` threads with
@@ -339,7 +341,8 @@ class Endpoint:
         transport.write(handshake.switching_protocols(checked.key, SECURE_HEADERS))
         node.gate.settled(transport)
         previous = node.opened(session)
-        session.take(transport, hand_over(request))
+        early = hand_over(request)
+        session.take(transport, early)
         if previous is not None:
             if previous.peer != source:  # a device that moved, or one that claims its id
                 node.refusals["takeover-other-peer"] += 1
@@ -385,9 +388,9 @@ class _Tail:
 
 
 def hand_over(request: web.Request) -> bytes:
-    """Take the connection away from aiohttp, after its protocol was set to a session:
-    aiohttp's handler forgets it (and writes nothing more, nor closes it), and its
-    request ends with this handler. Return what the device sent after the request."""
+    """Take the connection away from aiohttp, for a session to serve: aiohttp's handler
+    forgets it (it writes nothing more and closes nothing), and its request ends with
+    this handler. Return what the device sent after the request."""
     handler = request.protocol
     tail = _Tail()
     handler.set_parser(tail)  # type: ignore[arg-type]  # hands over what it holds

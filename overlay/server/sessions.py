@@ -43,6 +43,7 @@ from overlay.status import SessionStatus
 from overlay.wire import CloseCode, Hello, Opcode, close_payload, frame_header
 
 CLOSE_WAIT = 5.0  # seconds a device has to answer a close frame
+NO_STATUS = 1005  # the close code of a close frame that gave none
 ABNORMAL = 1006  # the close code of a connection that ended without a close frame
 
 log = structlog.get_logger("overlay.session")
@@ -239,10 +240,10 @@ class ServerSession(asyncio.Protocol):
         if self.lifecycle.state is State.CLOSING:  # the answer to our close
             self._end()
             return
-        self.close_code = code
+        self.close_code = code or NO_STATUS
         if self.lifecycle.state is not State.CLOSED:
-            self.lifecycle.advance(State.CLOSING)
-            self._write(Opcode.CLOSE, close_payload(code, ""))
+            self.lifecycle.advance(State.CLOSING)  # and echo its code, if it gave one
+            self._write(Opcode.CLOSE, close_payload(code, "") if code else b"")
         self._end()
 
     def _deliver(self) -> None:

@@ -223,6 +223,17 @@ async def test_what_is_not_websocket_is_closed_with_1002(
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1002), what
 
 
+async def test_a_close_without_a_code_is_answered_without_one(served: Served) -> None:
+    async for ws in tunnel(served):
+        transport = ws._writer.transport
+        assert transport is not None
+        transport.write(b"\x88\x00")  # a close frame with no payload (RFC 6455, 5.5.1)
+        closed = await ws.receive(timeout=5)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 0)
+        await asyncio.sleep(0.1)
+        assert served.node.status()["sessions"] == []
+
+
 async def test_after_the_upgrade_nothing_of_aiohttp_s_request_stays(served: Served) -> None:
     """The session is the connection's protocol: no task, request, handler or WebSocket
     response of aiohttp's lives on per tunnel, and the tunnel still answers."""
