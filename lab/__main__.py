@@ -153,7 +153,7 @@ Remove the lab:            scripts/lab down""")
 def failover(lab: Lab) -> bool:
     """Stop the node that holds the most devices (node 1 after ``up``); time until the NMS
     reaches each of them again at the same LAN address through the router, now via
-    another node; start the node again."""
+    another node; start the node again, and bring the devices back to node 1."""
     status = lab.status()["devices"]
     node = max(lab.servers(), key=lambda n: sum(r["server"] == n.name for r in status))
     rows = [r for r in status if r["server"] == node.name and r["vrf"] == VRF]
@@ -178,7 +178,28 @@ def failover(lab: Lab) -> bool:
     )
     lab.start(node)
     print(f"   {node.name} started again")
+    bring_home(lab)
     return ok
+
+
+def bring_home(lab: Lab) -> None:
+    """Move every device back to node 1, where ``up`` put them and the checks' services
+    run, so that the demo leaves the lab as it found it: stop the other nodes (the
+    devices have nowhere else to go), wait for the devices on node 1, start them again."""
+    home, *others = lab.servers()
+    if all(row["server"] == home.name for row in lab.status()["devices"]):
+        return
+    for node in others:
+        stop(lab, node)
+    deploy.wait_for(
+        f"the devices back on {home.name}",
+        lambda: all(row["server"] == home.name for row in lab.status()["devices"]),
+    )
+    for node in others:
+        lab.start(node)
+    lab.wait_routes()
+    names = ", ".join(node.name for node in others)
+    print(f"   the devices are back on {home.name} ({names} stopped and started again)")
 
 
 def kill_server(lab: Lab, node: Server) -> None:
@@ -191,9 +212,15 @@ def kill_server(lab: Lab, node: Server) -> None:
     )
 
 
-def stop_server(lab: Lab, node: Server) -> None:
+def stop(lab: Lab, node: Server) -> list[int]:
+    """SIGTERM a server and wait until it is gone; return its pids."""
     pids = lab.signal(node, signal.SIGTERM)
     deploy.wait_for(f"{node.name} to stop", lambda: not any(map(read_cmdline, pids)))
+    return pids
+
+
+def stop_server(lab: Lab, node: Server) -> None:
+    pids = stop(lab, node)
     print(
         f"stopped {node.name} ({', '.join(map(str, pids)) or 'not running'}); start it again: "
         f"scripts/lab start {node.name}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab import checks, netns
+from lab.__main__ import bring_home
 from lab.deploy import wait_for
 from lab.topology import NMS, VRF, Lab, lan_address
 from tests.integration.test_lab import lab_cli
@@ -54,11 +55,19 @@ def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
             lambda: checks.snmp_get(lab, device, lan, "v2c", NMS, timeout=1)[0],
             timeout=30,
         )
-        route = json.loads(lab.frr.vtysh(f"show ip route {lan}/32 json"))[f"{lan}/32"][0]
-        assert [hop["ip"] for hop in route["nexthops"]] == ["198.18.1.2"]  # srv2's LAN address
+        assert next_hops(lab, lan) == ["198.18.1.2"]  # srv2's LAN address
 
         started = lab_cli(directory, "start", "srv")
         assert started.returncode == 0, started.stderr
+        # What the demo does after its failover: the devices go back to srv, the checks' node.
+        bring_home(lab)
+        assert {d["server"] for d in lab.status()["devices"]} == {"srv"}
+        assert [s["state"] for s in lab.status()["servers"]] == ["up", "up"]
+        wait_for(
+            "the router's route to the device through srv again",
+            lambda: next_hops(lab, lan) == ["198.18.1.1"],
+            timeout=30,
+        )
         assert lab_cli(directory, "kill", "srv3").stderr.strip() == (
             "error: no server 'srv3' in the lab (have: srv, srv2)"
         )
@@ -66,3 +75,9 @@ def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
         lab_cli(directory, "down")
     assert not netns.names("ovl-")
     assert not directory.exists()
+
+
+def next_hops(lab: Lab, lan: str) -> list[str]:
+    """The router's next hops to a device's LAN address."""
+    route = json.loads(lab.frr.vtysh(f"show ip route {lan}/32 json"))[f"{lan}/32"][0]
+    return [hop["ip"] for hop in route["nexthops"]]
