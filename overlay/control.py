@@ -13,20 +13,28 @@ wherever the operator's shell is.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from overlay.exceptions import CommandError, ControlError, OverlayError
 
-StatusSource = Callable[[], Mapping[str, Any]]  # overlay.status
+T = TypeVar("T")
+# A server answers at once; a supervisor of workers (overlay.server.workers) asks them first.
+StatusSource = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]  # overlay.status
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Action = Callable[[str], Awaitable[dict[str, Any]]]
-Command = Callable[[dict[str, Any]], dict[str, Any]]
+Command = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+
+async def resolve(value: T | Awaitable[T]) -> T:
+    """The value of a source that answers at once or later."""
+    return await value if inspect.isawaitable(value) else value
 
 
 async def start(
@@ -39,7 +47,7 @@ async def start(
     """Serve ``status()`` at ``GET /status`` and ``actions`` at ``POST /actions/NAME/ARG``."""
 
     async def handle_status(request: web.Request) -> web.Response:
-        return web.json_response(status())
+        return web.json_response(await resolve(status()))
 
     async def handle_action(request: web.Request) -> web.Response:
         action = (actions or {}).get(request.match_info["name"])
@@ -58,7 +66,7 @@ async def start(
         except ValueError as exc:
             return web.json_response({"error": f"bad command body: {exc}"}, status=400)
         try:
-            return web.json_response(command(body))
+            return web.json_response(await resolve(command(body)))
         except OverlayError as exc:
             return web.json_response({"error": str(exc)}, status=400)
 

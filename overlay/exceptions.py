@@ -61,3 +61,7 @@ class ControlError(OverlayError):
 
 class CommandError(OverlayError):
     """A running server refused a command sent over its control socket."""
+
+
+class WorkerError(OverlayError):
+    """A worker process of the server (listen.workers) cannot start, or none answers."""

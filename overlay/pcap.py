@@ -15,6 +15,8 @@ SNAPLEN = 65535
 
 _FILE = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
+FILE_HEADER_BYTES = _FILE.size
+RECORD_HEADER_BYTES = _RECORD.size
 
 
 def file_header(snaplen: int = SNAPLEN) -> bytes:
@@ -26,6 +28,11 @@ def record(timestamp: float, packet: bytes | memoryview, snaplen: int = SNAPLEN)
     micros = int((timestamp - seconds) * 1_000_000)
     kept = bytes(packet[:snaplen])
     return _RECORD.pack(seconds, micros, len(kept), len(packet)) + kept
+
+
+def captured(record_header: bytes) -> int:
+    """How many bytes of packet follow a record header."""
+    return int(_RECORD.unpack(record_header)[2])
 
 
 def read(data: bytes) -> list[tuple[float, bytes]]:

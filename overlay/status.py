@@ -158,6 +158,19 @@ class ServerStatus(TypedDict):
     certificate: CertificateStatus | None
     flows: NotRequired[list[FlowStatus]]  # only in one device's view (overlay status DEVICE)
     fleet: NotRequired[list[FleetTunnel]]  # only with a shared store: every node's tunnels
+    workers: NotRequired[list[WorkerStatus]]  # only with listen.workers > 1
+
+
+class WorkerStatus(TypedDict):
+    """One worker process of a server with ``listen.workers`` > 1."""
+
+    number: int
+    node: str  # its name in the fleet's tunnel table
+    tun: str
+    pid: int | None  # None: not running (restarting)
+    up: bool  # whether it answered this status
+    sessions: int
+    restarts: int  # times it died and was started again
 
 
 class FleetTunnel(TypedDict):

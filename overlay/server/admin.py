@@ -32,10 +32,17 @@ import yarl
 from aiohttp import web
 
 from overlay import certs
+from overlay.control import resolve
+from overlay.exceptions import ConfigError
 from overlay.server import metrics
+from overlay.server.config import ServerConfig
+from overlay.server.listener import listen
 from overlay.status import CertificateStatus, ServerStatus
 
 Action = Callable[[str], Awaitable[dict[str, Any]]]
+# A server answers at once; a supervisor of workers (overlay.server.workers) asks them first.
+StatusSource = Callable[[], ServerStatus | Awaitable[ServerStatus]]
+Reload = Callable[[], CertificateStatus | Awaitable[CertificateStatus]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The status page: static, served without the token; its script asks the API with the
@@ -120,6 +127,36 @@ OPENAPI: dict[str, Any] = {
 }
 
 
+async def start(
+    config: ServerConfig,
+    status: StatusSource,
+    actions: dict[str, Action],
+    refusals: Counter[str],
+    reload: Reload,
+) -> web.AppRunner:
+    """The admin listener of ``config.admin``, listening (ConfigError naming the address
+    when it cannot)."""
+    assert config.admin is not None
+    app = application(
+        load_token(config.admin_token_file),
+        status,
+        actions,
+        config.metrics_need_token,
+        refusals,
+        config.admin_names,
+        reload,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = config.admin
+    try:
+        await listen(web.TCPSite(runner, host, port).start(), f"{host}:{port} (admin)")
+    except ConfigError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 def load_token(path: Path) -> str:
     """The admin token, made on first use."""
     if not path.exists():
@@ -143,12 +180,12 @@ def named_here(host: str | None, names: frozenset[str]) -> bool:
 
 def application(
     token: str,
-    status: Callable[[], ServerStatus],
+    status: StatusSource,
     actions: dict[str, Action],
     metrics_need_token: bool,
     refusals: Counter[str],
     names: frozenset[str] = frozenset(),
-    reload: Callable[[], CertificateStatus] | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     expected = f"Bearer {token}".encode()
 
@@ -177,7 +214,9 @@ def application(
         )
 
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status()) if authorized(request) else refuse()
+        if not authorized(request):
+            return refuse()
+        return web.json_response(await resolve(status()))
 
     async def post_device(request: web.Request) -> web.Response:
         if not authorized(request):
@@ -190,14 +229,15 @@ def application(
             return refuse()
         if reload is None:
             raise web.HTTPNotFound(text="this server has nothing to reload")
-        result = reload()
+        result = await resolve(reload())
         return web.json_response(result, status=422 if result["last_error"] else 200)
 
     async def get_metrics(request: web.Request) -> web.Response:
         if metrics_need_token and not authorized(request):
             return refuse()
         return web.Response(
-            body=metrics.exposition(status), headers={"Content-Type": metrics.CONTENT_TYPE}
+            body=metrics.exposition(await resolve(status())),
+            headers={"Content-Type": metrics.CONTENT_TYPE},
         )
 
     async def get_openapi(request: web.Request) -> web.Response:

@@ -80,6 +80,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
                     config.qoe_port,
                     ssl=context,
                     limit=MAX_REPORT + 1,
+                    reuse_port=config.worker > 0,  # each worker takes reports
                 ),
                 f"{config.address}:{config.qoe_port} (QoE)",
             )
@@ -114,28 +115,24 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
                 config.port,
                 context,
                 config.handshake_timeout,
+                shared=config.worker > 0,
             ),
             f"{config.host}:{config.port}",
         )
+        actions: dict[str, control.Action] = {"unbind": node.unbind, "remove": node.remove}
         if config.admin is not None:
-            admin_app = admin.application(
-                admin.load_token(config.admin_token_file),
+            admin_runner = await admin.start(
+                config,
                 node.status,
-                {"unbind": node.unbind, "remove": node.remove},
-                config.metrics_need_token,
+                actions,
                 node.refusals,
-                config.admin_names,
                 certificate.reload,
             )
-            admin_runner = web.AppRunner(admin_app, access_log=None, handle_signals=False)
-            await admin_runner.setup()
             stack.push_async_callback(admin_runner.cleanup)
-            host, port = config.admin
-            await listen(web.TCPSite(admin_runner, host, port).start(), f"{host}:{port} (admin)")
         control_runner = await control.start(
             config.control_socket,
             node.status,
-            {"unbind": node.unbind, "remove": node.remove},
+            actions,
             {"capture": capture_handler(node.router, store)},
             {
                 "rules": node.change_rules,
@@ -213,8 +210,8 @@ async def refuse_weak_password(config: ServerConfig) -> None:
     )
 
 
-def lease_owner(store: Store, address: ipaddress.IPv4Address) -> tuple[str, str] | None:
-    lease = store.owner(address)
+async def lease_owner(store: Store, address: ipaddress.IPv4Address) -> tuple[str, str] | None:
+    lease = store.owner(address) or await store.find(address)
     return (lease.device, lease.vrf) if lease is not None else None
 
 

@@ -37,7 +37,7 @@ import aiohttp
 
 from overlay import __version__, certs, control, identity, log, process, wire
 from overlay.exceptions import CommandError, ConfigError, ControlError, OverlayError, StoreError
-from overlay.server import auth, certificate, snmp
+from overlay.server import auth, certificate, snmp, workers
 from overlay.server.bgp import bird_config
 from overlay.server.certificate import day
 from overlay.server.config import (
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", type=Path, help=CONFIG_HELP)
+    serve.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # its supervisor's
 
     status = commands.add_parser("status", help="show sessions, leases and counters")
     status.add_argument("--config", type=Path, help=CONFIG_HELP)
@@ -167,17 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve(path: Path, worker: int) -> int:
+    """Run the server; with listen.workers > 1, the supervisor of its workers (or one of
+    them, which the supervisor started with ``--worker N``)."""
+    config = load_server_config(path)
+    if worker:
+        if not 1 <= worker <= config.workers:
+            return process.fail(f"--worker {worker}: listen.workers is {config.workers}")
+        workers.die_with_parent()
+        config = workers.worker_config(config, worker)
+    log.configure(config.log_level, node=config.node)
+    if config.workers > 1 and not config.worker:
+        return process.run(lambda stop: workers.supervise(config, path.absolute(), stop))
+    from overlay.server.app import serve
+
+    return process.run(lambda stop: serve(config, stop))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "config", False) is None:
         args.config = default_config()
     try:
         if args.command == "serve":
-            config = load_server_config(args.config)
-            log.configure(config.log_level, node=config.node)
-            from overlay.server.app import serve
-
-            return process.run(lambda stop: serve(config, stop))
+            return serve(args.config, args.worker)
         if args.command == "status":
             socket = running_server(args.config)
             data = server_status(asyncio.run(control.fetch_status(socket)))

@@ -22,12 +22,14 @@ from overlay.server.firewall import Limits
 from overlay.server.lan import PROTOCOLS as SERVICE_PROTOCOLS
 from overlay.server.lan import Lan, Service, check_service, map_pool
 from overlay.server.qoe import Quota
+from overlay.tun import IFNAMSIZ
 
 EXAMPLE = Path(__file__).with_name("example.toml")
 
 
 DEFAULT_STATE_DIR = Path("/var/lib/overlay")
 CONTROL_SOCKET = "control.sock"
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class ServerConfig:
     admin_names: frozenset[str]  # Host names the admin listener answers to, besides addresses
     metrics_need_token: bool
     firewall: FirewallConfig
+    workers: int  # server processes sharing the port (overlay.server.workers); 1: no supervisor
+    worker: int = 0  # which of them this process is (1…workers); 0: the server itself
 
     @property
     def qoe_file(self) -> Path:
@@ -108,7 +112,8 @@ class ServerConfig:
 
     @property
     def control_socket(self) -> Path:
-        return self.state_dir / CONTROL_SOCKET
+        """The operator's socket; a worker's own, which its supervisor asks, when a worker."""
+        return self.state_dir / (f"worker-{self.worker}.sock" if self.worker else CONTROL_SOCKET)
 
 
 def load_server_config(path: str | Path) -> ServerConfig:
@@ -205,6 +210,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
         metrics_need_token=admin.flag("metrics_need_token", False),
         admin_names=frozenset(name.lower() for name in admin.strings("names", [])),
         firewall=firewall_config(firewall),
+        workers=listen.integer("workers", 1, low=1, high=MAX_WORKERS),
     )
     if config.client_crl_file is not None and config.client_ca_file is None:
         auth.fail("client_crl_file", "a CRL needs auth.client_ca_file, the CA that issued it")
@@ -215,6 +221,8 @@ def load_server_config(path: str | Path) -> ServerConfig:
         store.fail("password_file", "a password is for a PostgreSQL store: set store.url too")
     if config.bgp is not None and not config.routes:
         overlay.fail("routes", "must be true with [bgp]: BIRD announces the tunnels' routes")
+    if config.workers > 1:
+        workers_fit(config, listen, overlay)
     for table in (
         listen,
         overlay,
@@ -232,6 +240,33 @@ def load_server_config(path: str | Path) -> ServerConfig:
     ):
         table.done()
     return config
+
+
+def workers_fit(config: ServerConfig, listen: configfile.Table, overlay: configfile.Table) -> None:
+    """Refuse what several workers cannot share yet, naming the setting to change."""
+    if config.store_url is None:
+        listen.fail(
+            "workers",
+            "more than 1 needs a PostgreSQL store ([store] url): the workers share the leases "
+            "and the one-live-tunnel rule through it",
+        )
+    if not config.routes:
+        overlay.fail(
+            "routes", "must be true with listen.workers > 1: a /32 per tunnel finds its worker"
+        )
+    if config.lan.translates:
+        listen.fail(
+            "workers",
+            "more than 1 does not work with [lan] prefix or [[service]] yet (one NAT table per "
+            "TUN): set listen.workers = 1",
+        )
+    longest = len(config.tun_name) + len(f"w{config.workers}")
+    if longest > IFNAMSIZ:
+        overlay.fail(
+            "tun_name",
+            f"{config.tun_name!r} is too long for workers' TUNs ({config.tun_name}w1…): "
+            f"at most {IFNAMSIZ - len(f'w{config.workers}')} characters",
+        )
 
 
 def bgp_config(table: configfile.Table, host: str) -> BgpConfig:

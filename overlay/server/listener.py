@@ -25,16 +25,21 @@ async def listen_for_tunnels(
     port: int,
     context: ssl.SSLContext,
     handshake_timeout: float,
+    shared: bool = False,
 ) -> asyncio.Server:
     """The tunnels' listener, set up before it listens: the connections it accepts
     inherit TCP keepalive and the small unsent bound of the kernel's send buffer
-    (bridge.UNSENT_BYTES), which spares every new tunnel the system calls that set them."""
+    (bridge.UNSENT_BYTES), which spares every new tunnel the system calls that set them.
+    A worker's listener is ``shared`` with the other workers' (SO_REUSEPORT): the
+    kernel spreads new connections over them; a single server's is not, so that a
+    second server started by mistake fails instead of taking half the devices."""
     listener = await asyncio.get_running_loop().create_server(
         factory,
         host,
         port,
         ssl=context,
         reuse_address=True,
+        reuse_port=shared,
         backlog=LISTEN_BACKLOG,
         ssl_handshake_timeout=handshake_timeout,
         start_serving=False,

@@ -9,7 +9,7 @@ only ever grow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,11 +21,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: Callable[[], ServerStatus]) -> None:
+    def __init__(self, status: ServerStatus) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        data = self.status()
+        data = self.status
         server, totals = data["server"], data["totals"]
         info = GaugeMetricFamily(
             "overlay_build_info",
@@ -180,8 +180,8 @@ class StatusCollector(Collector):
             yield reloads
 
 
-def exposition(status: Callable[[], ServerStatus]) -> bytes:
-    """The metrics in Prometheus' text format."""
+def exposition(status: ServerStatus) -> bytes:
+    """The metrics of ``status`` in Prometheus' text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
     return generate_latest(registry)

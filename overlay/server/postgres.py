@@ -178,6 +178,18 @@ class PostgresStore:
     def owner(self, address: ipaddress.IPv4Address) -> Lease | None:
         return self.table.owner(address)
 
+    async def find(self, address: ipaddress.IPv4Address) -> Lease | None:
+        """The lease of ``address`` from the database when memory does not know it
+        (StoreError when it cannot be asked)."""
+        known = self.table.owner(address)
+        if known is not None:
+            return known
+        found = await self.run(lambda conn: _leases(conn, "address = %s", (str(address),)))
+        if not found:
+            return None
+        self.table.add(found[0])
+        return found[0]
+
     def all(self) -> list[Lease]:
         return self.table.all()
 

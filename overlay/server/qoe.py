@@ -26,7 +26,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +148,8 @@ class ReportStore:
         self._db.close()
 
 
-Owner = Callable[[ipaddress.IPv4Address], tuple[str, str] | None]
+# (device, VRF) of a lease's address; it may ask the store (a lease another worker made)
+Owner = Callable[[ipaddress.IPv4Address], Awaitable[tuple[str, str] | None]]
 Row = tuple[float, str, str, str, str]
 
 
@@ -239,7 +240,7 @@ class Collector:
         peer = writer.get_extra_info("peername")
         try:
             source = ipaddress.IPv4Address(peer[0])
-            owner = self.owner(source)
+            owner = await self.owner(source)
             if owner is None:
                 self.counters["unknown-source"] += 1
                 log.warning("qoe report from an address without a lease", source=str(source))

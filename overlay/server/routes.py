@@ -3,8 +3,11 @@
 The routes carry a routing protocol number of our own (``PROTOCOL``, 250), so
 that the server touches nothing else in the routing table and a BGP daemon can
 pick exactly these (BIRD: ``krt_source = 250``, docs/reach.md). A node removes
-all of its protocol's routes when it starts (what a killed run left) and when
-it stops. Route changes are written over netlink in order, in one thread, so
+its protocol's routes through its TUN when it starts (what a killed run left)
+and when it stops; the routes of the other workers of the same server
+(``listen.workers``) stay. A device that moved to another worker's TUN has its
+route replaced there: the delete of the old one, which finds no route through
+this TUN, is not an error. Route changes are written over netlink in order, in one thread, so
 that a handshake never waits for the kernel; those queued meanwhile go as one
 run (:class:`overlay.rtnl.RouteSocket`: 10,000 returning tunnels' routes in well
 under a second, where one pyroute2 call per route took 4.3 s). pyroute2 reads
@@ -91,7 +94,9 @@ class KernelRoutes:
             except OSError as exc:
                 codes = [exc.errno or errno.EIO] * len(run)
             for (op, address), code in zip(run, codes, strict=True):
-                if code:
+                if code == errno.ESRCH and op == "del":  # it goes to another worker now
+                    self.installed.discard(address)
+                elif code:
                     self.errors[op] += 1
                     log.error(
                         "cannot change a tunnel's route",
@@ -122,15 +127,23 @@ class KernelRoutes:
         )
 
     def _flush(self) -> int:
-        """Remove every route of our protocol from the main table; how many there were."""
+        """Remove every route of our protocol through our TUN from the main table; how many
+        there were."""
         assert self._ipr is not None
         found = [
             (r.get("RTA_DST"), r["dst_len"])
             for r in self._ipr.route("dump", family=socket.AF_INET, proto=PROTOCOL)
+            if r.get("RTA_OIF") == self._index
         ]
         for destination, length in found:
             with contextlib.suppress(NetlinkError):
-                self._ipr.route("del", dst=f"{destination}/{length}", proto=PROTOCOL, scope="link")
+                self._ipr.route(
+                    "del",
+                    dst=f"{destination}/{length}",
+                    proto=PROTOCOL,
+                    scope="link",
+                    oif=self._index,
+                )
         self.installed.clear()
         return len(found)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from lab import deploy, netns
 from lab import postgres as pg
 from lab.bench.reconnect import Events
 from lab.deploy import BIN
-from tests.integration.conftest import PASSWORD, REPO, SERVER_IP, SRV, Overlay
+from tests.integration.conftest import PASSWORD, SERVER_IP, SRV, Overlay
+from tests.integration.simulated import start_loadgen
 
 pytestmark = pytest.mark.netns
 
@@ -66,35 +66,18 @@ class Fleet:
     ) -> Events:
         """Simulated devices SIM-first… towards the node at ``ip``; their addresses go to
         loadgen-TAG.json at "up"."""
-        argv = [
-            sys.executable,
-            "-m",
-            "lab.loadgen",
-            "--url",
+        process, events = start_loadgen(
+            self.gen,
             f"wss://{ip}/tun",
-            "--ca",
-            str(self.ca),
-            "--password-file",
-            str(self.overlay.root / "password"),
-            "--devices",
-            str(devices),
-            "--first",
-            str(first),
-            "--addresses",
-            str(self.overlay.root / f"loadgen-{tag}.json"),
-            "--max-delay",
-            "2",
-            *(["--once"] if once else []),
-        ]
-        process = subprocess.Popen(
-            netns.exec_argv(self.gen, argv),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+            self.ca,
+            self.overlay.root / "password",
+            devices,
+            self.overlay.root / f"loadgen-{tag}.json",
+            first,
+            once,
         )
         self.loadgens.append(process)
-        return Events(process)
+        return events
 
     def addresses(self, tag: str) -> dict[str, str]:
         return dict(json.loads((self.overlay.root / f"loadgen-{tag}.json").read_text()))

@@ -5,6 +5,7 @@ counted, never an exception that escapes."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import sqlite3
 import time
@@ -19,7 +20,11 @@ from overlay.server.qoe import Collector, Quota, ReportStore, ReportWriter
 async def start(path: Path, quota: Quota) -> tuple[Collector, asyncio.Server, ReportWriter]:
     writer = ReportWriter(path)
     await writer.open()
-    collector = Collector(writer, lambda address: ("dev1", "default"), quota)
+
+    async def owner(address: ipaddress.IPv4Address) -> tuple[str, str]:
+        return ("dev1", "default")
+
+    collector = Collector(writer, owner, quota)
     return collector, await asyncio.start_server(collector.handle, "127.0.0.1", 0), writer
 
 

@@ -12,6 +12,7 @@ from overlay.exceptions import ConfigError
 from overlay.server.auth import hash_password
 from overlay.server.config import EXAMPLE as SERVER_EXAMPLE
 from overlay.server.config import load_server_config
+from overlay.server.workers import worker_config
 
 HASH = hash_password("s3cret-pass", log_n=10)
 
@@ -81,6 +82,8 @@ def test_shipped_server_example_has_no_working_password():
         ('level = "info"', 'level = "loud"', "log.level: must be one of"),
         ("[listen]", "[listen\n", "not valid TOML"),
         ("[node]", '[node]\nname = "two words"', "node.name: 'two words' is not a node name"),
+        ("# workers = 2", "workers = 2", "listen.workers: more than 1 needs a PostgreSQL store"),
+        ("# workers = 2", "workers = 65", "listen.workers"),
     ],
 )
 def test_server_config_errors_name_the_key(server_toml, old, new, message):
@@ -89,6 +92,39 @@ def test_server_config_errors_name_the_key(server_toml, old, new, message):
         load_server_config(server_toml)
     assert str(server_toml) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+FLEET_STORE = '# url = "sqlite:"', 'url = "postgresql://overlay@db.test/overlay"'
+
+
+def test_workers_get_their_own_tun_node_and_control_socket(server_toml):
+    edit(server_toml, "# workers = 2", "workers = 2")
+    edit(server_toml, *FLEET_STORE)
+    config = load_server_config(server_toml)
+    assert (config.workers, config.worker, config.control_socket.name) == (2, 0, "control.sock")
+    second = worker_config(config, 2)
+    assert (second.tun_name, second.node, second.admin) == ("ovl0w2", f"{config.node}-w2", None)
+    assert second.control_socket == config.state_dir / "worker-2.sock"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("routes = true", "routes = false", "overlay.routes: must be true with listen.workers"),
+        ('tun_name = "ovl0"', 'tun_name = "overlay-tun-0a"', "overlay.tun_name: .* at most 13"),
+        (
+            '# [lan]\n# prefix = "198.51.100.0/24"',
+            '[lan]\nprefix = "198.51.0.0/16"',
+            "listen.workers: .* \\[lan\\] prefix",
+        ),
+    ],
+)
+def test_what_workers_cannot_share_is_refused(server_toml, old, new, message):
+    edit(server_toml, "# workers = 2", "workers = 2")
+    edit(server_toml, *FLEET_STORE)
+    edit(server_toml, old, new)
+    with pytest.raises(ConfigError, match=message):
+        load_server_config(server_toml)
 
 
 def test_codel_defaults_are_what_the_examples_and_docs_say(server_toml, appliance_toml):

@@ -1,0 +1,109 @@
+"""Two workers' answers read as one server's, the way `overlay status` and /metrics show it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from overlay.server import merge, metrics
+from overlay.status import WorkerStatus
+
+
+def traffic(n: int, drops: dict[str, int]) -> dict[str, Any]:
+    return {
+        "rx_bytes": 100 * n,
+        "rx_packets": n,
+        "rx_frames": n,
+        "tx_bytes": 200 * n,
+        "tx_packets": 2 * n,
+        "tx_frames": 2 * n,
+        "drops": drops,
+    }
+
+
+def worker(number: int, devices: list[tuple[str, str]], known: list[tuple[str, str]]) -> Any:
+    """A worker's status holding sessions of ``devices`` and knowing the leases ``known``."""
+    return {
+        "server": {
+            "node": f"srv-w{number}",
+            "version": "1.0",
+            "overlay": "169.254.0.1",
+            "tun": f"ovl0w{number}",
+            "listen": "0.0.0.0:443/tun",
+            "started": 1000.0 + number,
+            "leases": len(known),
+            "pool": "169.254.1.0-169.254.255.254",
+            "pool_size": 65022,
+            "pending": number,
+            "handshakes": 10 * number,
+            "enrolled": 3 + number,
+            "store": {"backend": "postgresql", "up": number == 1, "races": 1, "outages": 0},
+            "taken_over": number,
+            "routes": {"installed": len(devices), "errors": {"del": 1}},
+            "bird": None,
+            "lan": None,
+        },
+        "sessions": [
+            {"device": d, "vrf": "default", "address": a, **traffic(1, {"policy": 1})}
+            for d, a in devices
+        ],
+        "leases": [
+            {"device": d, "vrf": "default", "address": a, "lan_address": None} for d, a in known
+        ],
+        "refusals": {"bad-password": number},
+        "drops": {"policy": number},
+        "totals": traffic(number, {"policy": number}),
+        "qoe": {"stored": number},
+        "firewall": {
+            "rules": 2,
+            "rules_from": "config",
+            "flows": number,
+            "opened": number,
+            "unmatched": 0,
+            "hits": [(1, "allow", number), (2, "deny", 0)],
+            "max_flows": 1000,
+            "sip": {},
+            "sip_held": 0,
+        },
+        "certificate": None,
+    }
+
+
+def test_two_workers_read_as_one_server() -> None:
+    one = worker(1, [("b", "169.254.1.10")], [("a", "169.254.1.9"), ("b", "169.254.1.10")])
+    two = worker(2, [("a", "169.254.1.9"), ("c", "169.254.1.100")], [("c", "169.254.1.100")])
+    workers: list[WorkerStatus] = []
+    status = merge.status([one, two], "srv", 5.0, {"admin-token": 4}, workers)
+    server = status["server"]
+    assert (server["node"], server["tun"], server["started"]) == ("srv", "ovl0w1,ovl0w2", 5.0)
+    assert (server["pending"], server["handshakes"], server["taken_over"]) == (3, 30, 3)
+    assert server["enrolled"] == 5  # the store's count, as the worker that read it last saw it
+    assert server["store"] == {"backend": "postgresql", "up": False, "races": 2, "outages": 0}
+    assert server["routes"] == {"installed": 3, "errors": {"del": 2}}
+    # every lease once, in address order (not as strings: .9 before .10 before .100)
+    assert [lease["device"] for lease in status["leases"]] == ["a", "b", "c"]
+    assert server["leases"] == 3
+    assert [s["device"] for s in status["sessions"]] == ["a", "b", "c"]
+    assert status["refusals"] == {"bad-password": 3, "admin-token": 4}
+    assert status["totals"]["rx_packets"] == 3 and status["totals"]["drops"] == {"policy": 3}
+    assert status["qoe"] == {"stored": 3}
+    assert status["firewall"]["hits"] == [(1, "allow", 3), (2, "deny", 0)]
+    assert status["firewall"]["flows"] == 3 and status["firewall"]["rules"] == 2
+    # and /metrics reads it as it reads one server's
+    text = metrics.exposition(status).decode()
+    assert "overlay_sessions 3.0" in text
+    assert 'overlay_build_info{node="srv",version="1.0"} 1.0' in text
+
+
+def test_an_unbind_done_by_every_worker_reads_as_one() -> None:
+    answers = [
+        {"device": "a", "closed": 1, "released": ["169.254.1.10", "169.254.1.9"], "removed": True},
+        {"device": "a", "closed": 0, "released": [], "removed": False},
+    ]
+    assert merge.unbind(answers) == {
+        "device": "a",
+        "closed": 1,
+        "released": ["169.254.1.9", "169.254.1.10"],
+        "removed": True,
+    }
+    unbound = [{"device": "a", "closed": 2, "released": []}]  # unbind, not remove
+    assert merge.unbind(unbound) == {"device": "a", "closed": 2, "released": []}
