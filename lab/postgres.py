@@ -68,6 +68,10 @@ class Cluster:
         """Stop the cluster by its pid (immediate shutdown), if it runs."""
         netns.stop_pid(self.data / "postmaster.pid", signal.SIGQUIT)  # immediate shutdown
 
+    def pid(self) -> int:
+        """The postmaster's pid (its first line of postmaster.pid); the cluster runs."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)

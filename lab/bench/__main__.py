@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="part reconnect: the server's listen.workers (more than 1: on a PostgreSQL "
+        "store of the bench's own)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a small run that keeps the script working (CI): 50 devices",
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
             if "reconnect" in parts:
-                results["reconnect"] = reconnect(Path(tmp) / "reconnect", devices)
+                results["reconnect"] = reconnect(Path(tmp) / "reconnect", devices, args.workers)
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
             if "agent" in parts:
@@ -153,12 +160,16 @@ def format_results(results: dict[str, Any]) -> str:
             )
     if "reconnect" in results:
         r = results["reconnect"]
+        workers = r.get("workers", 1)
+        store = r.get("store_cpu_ms_per_tunnel")
         lines += [
-            f"reconnect storm, {r['devices']} simulated devices",
+            f"reconnect storm, {r['devices']} simulated devices"
+            + (f", {workers} server workers on PostgreSQL" if workers > 1 else ""),
             f"  first connect of all          {r['first_connect_s']:>8.2f} s "
             f"({r['tunnels_per_s']} tunnels/s)",
             f"  server CPU per new tunnel     {r['server_cpu_ms_per_tunnel']:>8.3f} ms "
-            f"(one server process: {r['server_capacity_tunnels_per_s']} tunnels/s)",
+            f"(a core's worth: {r['server_capacity_tunnels_per_s']} tunnels/s)"
+            + (f"; the store {store:.3f} ms more" if store is not None else ""),
             f"  load generator CPU per tunnel {r['loadgen_cpu_ms_per_tunnel']:>8.3f} ms "
             "(its own TLS and WebSocket client, on the same 2 cores; its start-up included)",
             f"  server RSS per idle tunnel    {r['rss_per_tunnel_kib']:>8.1f} KiB "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,34 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a server's workers, PostgreSQL's backends), children
+    before their parent."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            found = [int(child) for child in children.read().split()]
+    except FileNotFoundError:
+        return []
+    return [p for child in found for p in tree(child)] + [pid]
+
+
+def tree_rss_kib(pid: int) -> int:
+    return int(_over_tree(pid, rss_kib))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and of its descendants alive now."""
+    return _over_tree(pid, cpu_seconds)
+
+
+def _over_tree(pid: int, measure: Callable[[int], float]) -> float:
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(FileNotFoundError):  # it ended meanwhile
+            total += measure(p)
+    return total
 
 
 def two_namespaces(work: Path, client: str) -> None:

@@ -1,4 +1,9 @@
-"""Part ``reconnect``: a storm of simulated devices against one server, restarted twice."""
+"""Part ``reconnect``: a storm of simulated devices against one server, restarted twice.
+
+With ``workers`` > 1 the server runs that many workers (``listen.workers``) on a
+PostgreSQL store of the bench's own; CPU and memory are those of the supervisor
+and its workers together, and the store's are given apart.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from lab import deploy, netns
-from lab.bench.measure import GEN, REPO, SERVER_IP, SRV, cpu_seconds, rss_kib, two_namespaces
+from lab import postgres as pg
+from lab.bench.measure import (
+    GEN,
+    REPO,
+    SERVER_IP,
+    SRV,
+    cpu_seconds,
+    tree,
+    tree_cpu_seconds,
+    tree_rss_kib,
+    two_namespaces,
+)
 
 
 class Events:
@@ -34,7 +50,19 @@ class Events:
         raise TimeoutError(f"no {event!r} from loadgen within {timeout} s")
 
 
-def reconnect(work: Path, devices: int) -> dict[str, Any]:
+def reconnect(work: Path, devices: int, workers: int = 1) -> dict[str, Any]:
+    store = None
+    if workers > 1:  # in a directory the postgres user may enter
+        store = pg.Cluster(Path(f"/tmp/ovl-bench-store-{os.getpid()}"))
+        store.remove()
+    try:
+        return storm(work, devices, workers, store)
+    finally:
+        if store is not None:
+            store.remove()
+
+
+def storm(work: Path, devices: int, workers: int, store: pg.Cluster | None) -> dict[str, Any]:
     two_namespaces(work, GEN)
     # All devices share the generator's one address, unlike a real fleet: with
     # the default 28,000 ephemeral ports, a return while 10,000 old connections
@@ -43,7 +71,17 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
     password = os.urandom(12).hex()
     (work / "password").write_text(password)
     ca = deploy.pki(work / "pki", [SERVER_IP])
-    config = deploy.server_config(work / "server", work / "pki", password, host=SERVER_IP)
+    extra = listen = ""
+    if store is not None:
+        store.start()
+        store.create_database("overlay")
+        extra = (
+            f'[store]\nurl = "{store.url("overlay")}"\npassword_file = "{store.password_file}"\n'
+        )
+        listen = f"workers = {workers}"
+    config = deploy.server_config(
+        work / "server", work / "pki", password, host=SERVER_IP, extra=extra, listen=listen
+    )
     control = config.parent / "state" / "control.sock"
 
     def start_server() -> subprocess.Popen[bytes]:
@@ -56,9 +94,12 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
         )
         return server
 
+    def store_cpu() -> float:
+        return 0.0 if store is None else tree_cpu_seconds(store.pid())
+
     server = start_server()
-    idle_rss = rss_kib(server.pid)
-    idle_cpu = cpu_seconds(server.pid)
+    idle_rss = tree_rss_kib(server.pid)
+    idle_cpu, idle_store_cpu = tree_cpu_seconds(server.pid), store_cpu()
     argv = [
         sys.executable,
         "-m",
@@ -79,16 +120,19 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
     events = Events(loadgen)
     try:
         up = events.wait("up", timeout=120 + devices / 20)
-        handshake_cpu = (cpu_seconds(server.pid) - idle_cpu) / devices
+        handshake_cpu = (tree_cpu_seconds(server.pid) - idle_cpu) / devices
+        store_cpu_per_tunnel = (store_cpu() - idle_store_cpu) / devices
         loadgen_cpu = cpu_seconds(loadgen.pid) / devices
         time.sleep(2)
-        loaded_rss = rss_kib(server.pid)
+        loaded_rss = tree_rss_kib(server.pid)
         results: dict[str, Any] = {
             "devices": devices,
+            "workers": workers,
             "first_connect_s": up["seconds"],
             "tunnels_per_s": round(devices / up["seconds"], 1),
             "server_cpu_ms_per_tunnel": round(handshake_cpu * 1000, 3),
             "server_capacity_tunnels_per_s": round(1 / handshake_cpu) if handshake_cpu else None,
+            "store_cpu_ms_per_tunnel": round(store_cpu_per_tunnel * 1000, 3) if store else None,
             "loadgen_cpu_ms_per_tunnel": round(loadgen_cpu * 1000, 3),
             "server_rss_idle_kib": idle_rss,
             "server_rss_loaded_kib": loaded_rss,
@@ -96,15 +140,18 @@ def reconnect(work: Path, devices: int) -> dict[str, Any]:
         }
         for how, sig in (("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL)):
             signalled = time.monotonic()
-            server.send_signal(sig)
+            # SIGKILL: every worker as well (a crash), not only the supervisor, which
+            # would have them close their sessions
+            for pid in tree(server.pid) if sig == signal.SIGKILL else [server.pid]:
+                os.kill(pid, sig)
             server.wait(timeout=60)
             results[f"server_gone_after_{how}_s"] = round(time.monotonic() - signalled, 2)
             started = time.monotonic()
             server = start_server()
             results[f"server_up_after_{how}_s"] = round(time.monotonic() - started, 2)
-            started_cpu = cpu_seconds(server.pid)
+            started_cpu = tree_cpu_seconds(server.pid)
             back = events.wait("back", timeout=120 + devices / 20)
-            returning_cpu = (cpu_seconds(server.pid) - started_cpu) / devices
+            returning_cpu = (tree_cpu_seconds(server.pid) - started_cpu) / devices
             results[f"server_cpu_ms_per_return_after_{how}"] = round(returning_cpu * 1000, 3)
             results[f"back_after_{how}_s"] = back["seconds"]
             results[f"same_addresses_after_{how}"] = back["same_addresses"]

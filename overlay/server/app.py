@@ -59,7 +59,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
         routes = await KernelRoutes.open(tun.name) if config.routes else None
         if routes is not None:
             stack.push_async_callback(routes.close)  # after the sessions: ours all go
-        if config.lan.translates:
+        if config.lan.translates and not config.worker:  # the supervisor's, for all workers
             await nft.install(config.lan, tun.name, config.address)
             stack.push_async_callback(nft.remove)
 

@@ -799,6 +799,20 @@ def format_status(data: ServerStatus) -> str:
             f"{server['enrolled']} devices enrolled"
             + (f", {store['races']} lease races" if store["races"] else "")
         )
+    workers = data.get("workers")
+    if workers and "flows" not in data:
+        lines.append(
+            "workers: "
+            + ", ".join(
+                (
+                    f"{w['number']} pid {w['pid']} {w['sessions']} tunnels"
+                    if w["up"]
+                    else f"{w['number']} DOWN"
+                )
+                + (f" ({w['restarts']} restarts)" if w["restarts"] else "")
+                for w in workers
+            )
+        )
     routes = server.get("routes")
     if routes is not None and "flows" not in data:
         bird = server.get("bird")

@@ -254,12 +254,6 @@ def workers_fit(config: ServerConfig, listen: configfile.Table, overlay: configf
         overlay.fail(
             "routes", "must be true with listen.workers > 1: a /32 per tunnel finds its worker"
         )
-    if config.lan.translates:
-        listen.fail(
-            "workers",
-            "more than 1 does not work with [lan] prefix or [[service]] yet (one NAT table per "
-            "TUN): set listen.workers = 1",
-        )
     longest = len(config.tun_name) + len(f"w{config.workers}")
     if longest > IFNAMSIZ:
         overlay.fail(

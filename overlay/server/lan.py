@@ -102,6 +102,7 @@ def ruleset(lan: Lan, tun: str, server: ipaddress.IPv4Address) -> str:
     that maps the service range, so the LAN never reaches the node's own overlay
     services this way), and each service from the TUN to its LAN host. Postrouting:
     a service flow leaves with the device's LAN address, or the node's without a pool.
+    ``tun`` is the TUN's name, or a pattern for every worker's (``ovl0w*``).
     """
     lines = [
         f"table ip {TABLE} {{}}",

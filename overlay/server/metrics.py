@@ -70,6 +70,16 @@ class StatusCollector(Collector):
             "Tunnels closed (4001) because their device opened a newer one on another node.",
             value=server["taken_over"],
         )
+        workers = data.get("workers")
+        if workers:
+            restarts = CounterMetricFamily(
+                "overlay_worker_restarts",
+                "Times a worker process died and was started again (listen.workers).",
+                labels=["worker"],
+            )
+            for worker in workers:
+                restarts.add_metric([str(worker["number"])], worker["restarts"])
+            yield restarts
         routes = server["routes"]
         if routes is not None:
             yield GaugeMetricFamily(

@@ -40,7 +40,7 @@ from aiohttp import web
 
 from overlay import control, pcap, systemd
 from overlay.exceptions import ControlError, OverlayError, WorkerError
-from overlay.server import admin, merge
+from overlay.server import admin, merge, nft
 from overlay.server.config import ServerConfig
 from overlay.status import CertificateStatus, ServerStatus, WorkerStatus, server_status
 
@@ -322,6 +322,9 @@ async def supervise(config: ServerConfig, config_path: Path, stop: asyncio.Event
     """Run ``config.workers`` workers until ``stop`` is set, then stop them all."""
     supervisor = Supervisor(config, config_path)
     async with contextlib.AsyncExitStack() as stack:
+        if config.lan.translates:  # one table for every worker's TUN (ovl0w1, ovl0w2…)
+            await nft.install(config.lan, f"{config.tun_name}w*", config.address)
+            stack.push_async_callback(nft.remove)
         stack.push_async_callback(supervisor.stop)
         for worker in supervisor.workers:
             await supervisor.start(worker)

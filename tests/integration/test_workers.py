@@ -81,6 +81,12 @@ def test_two_workers_serve_one_port_one_store_and_route_each_tunnel_to_its_worke
     assert {d: leases[d] for d in sims} == sims  # every hello announced the stored lease
     assert len(set(leases.values())) == len(leases) == 41
 
+    shown = subprocess.run(
+        [str(BIN / "overlay"), "status", "--config", str(overlay.server_config)],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert f"workers: 1 pid {workers[0]['pid']} {workers[0]['sessions']} tunnels, 2 pid" in shown
+
     # the management side reaches the device through its worker's TUN, and back
     address = held(overlay)["dev1"]
     ping = netns.run(SRV, ["ping", "-c", "3", "-i", "0.2", "-W", "2", address])

@@ -112,11 +112,6 @@ def test_workers_get_their_own_tun_node_and_control_socket(server_toml):
     [
         ("routes = true", "routes = false", "overlay.routes: must be true with listen.workers"),
         ('tun_name = "ovl0"', 'tun_name = "overlay-tun-0a"', "overlay.tun_name: .* at most 13"),
-        (
-            '# [lan]\n# prefix = "198.51.100.0/24"',
-            '[lan]\nprefix = "198.51.0.0/16"',
-            "listen.workers: .* \\[lan\\] prefix",
-        ),
     ],
 )
 def test_what_workers_cannot_share_is_refused(server_toml, old, new, message):

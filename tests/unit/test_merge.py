@@ -71,7 +71,11 @@ def worker(number: int, devices: list[tuple[str, str]], known: list[tuple[str, s
 def test_two_workers_read_as_one_server() -> None:
     one = worker(1, [("b", "169.254.1.10")], [("a", "169.254.1.9"), ("b", "169.254.1.10")])
     two = worker(2, [("a", "169.254.1.9"), ("c", "169.254.1.100")], [("c", "169.254.1.100")])
-    workers: list[WorkerStatus] = []
+    workers: list[WorkerStatus] = [
+        {"number": n, "node": f"srv-w{n}", "tun": f"ovl0w{n}", "pid": 100 + n, "up": True,
+         "sessions": 1, "restarts": 2 - n}
+        for n in (1, 2)
+    ]  # fmt: skip
     status = merge.status([one, two], "srv", 5.0, {"admin-token": 4}, workers)
     server = status["server"]
     assert (server["node"], server["tun"], server["started"]) == ("srv", "ovl0w1,ovl0w2", 5.0)
@@ -92,6 +96,7 @@ def test_two_workers_read_as_one_server() -> None:
     text = metrics.exposition(status).decode()
     assert "overlay_sessions 3.0" in text
     assert 'overlay_build_info{node="srv",version="1.0"} 1.0' in text
+    assert 'overlay_worker_restarts_total{worker="1"} 1.0' in text
 
 
 def test_an_unbind_done_by_every_worker_reads_as_one() -> None:
