@@ -1,12 +1,13 @@
 """``scripts/lab``: the overlay in network namespaces on one machine (root needed).
 
-scripts/lab up [--devices N] [--servers M]   build the lab and start M servers (default 1)
-                                             and N devices (default 2); with M > 1 the
-                                             servers are a fleet sharing PostgreSQL (ovl-db)
+scripts/lab up [--devices N] [--servers M] [--workers W]
+                                 build the lab and start M servers (default 1) of W
+                                 workers each (default 1) and N devices (default 2); with
+                                 M > 1 or W > 1 the servers share PostgreSQL (ovl-db)
 scripts/lab down                 stop and remove everything the lab made
 scripts/lab status [--json]      the servers and each device's tunnel
-scripts/lab demo [--devices N] [--servers M]   bring the lab up, run every check, say how to
-                                             look inside
+scripts/lab demo [--devices N] [--servers M] [--workers W]
+                                 bring the lab up, run every check, say how to look inside
 scripts/lab kill server|srvN     SIGKILL a server (server: node 1) and start it again
 scripts/lab stop srvN            stop a server (SIGTERM) and leave it stopped
 scripts/lab start srvN           start a stopped server
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument(
             "--servers", type=int, default=1, choices=range(1, MAX_SERVERS + 1), metavar="M"
         )
+        sub.add_argument("--workers", type=int, default=1, choices=range(1, 5), metavar="W")
     commands.add_parser("down")
     status = commands.add_parser("status")
     status.add_argument("--json", action="store_true")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab()
     try:
         if args.command == "up":
-            lab.up(args.devices, args.servers)
+            lab.up(args.devices, args.servers, args.workers)
             lab.wait_tunnels()
             print(format_status(lab.status()))
         elif args.command == "down":
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             data = lab.status()
             print(json.dumps(data, indent=2) if args.json else format_status(data))
         elif args.command == "demo":
-            return demo(lab, args.devices, args.servers)
+            return demo(lab, args.devices, args.servers, args.workers)
         elif args.command == "kill":
             kill_server(lab, lab.server(args.what))
         elif args.command == "stop":
@@ -97,11 +99,21 @@ def format_status(data: dict) -> str:
     return "\n".join(lines)
 
 
-def demo(lab: Lab, count: int, servers: int) -> int:
+def server_tun(workers: int) -> str:
+    """How to watch the server's TUN (a worker's TUN holds the devices of that worker)."""
+    if workers == 1:
+        return f"  server TUN, all devices:  ip netns exec {SRV} tcpdump -ni ovl0"
+    return (
+        f"  worker 1's TUN:           ip netns exec {SRV} tcpdump -ni ovl0w1  (ovl0w2… the others)"
+    )
+
+
+def demo(lab: Lab, count: int, servers: int, workers: int = 1) -> int:
     fleet = f", {servers} servers sharing PostgreSQL" if servers > 1 else ""
+    fleet += f", {workers} workers each" if workers > 1 else ""
     print(f"== bringing the lab up ({count} devices{fleet}) in network namespaces")
     started = time.monotonic()
-    lab.up(count, servers)
+    lab.up(count, servers, workers)
     lab.wait_tunnels()
     print(f"   tunnels up in {time.monotonic() - started:.1f} s\n")
     failed = 0
@@ -123,7 +135,7 @@ def demo(lab: Lab, count: int, servers: int) -> int:
     secrets = services.Secrets.load(lab.dir)
     print(f"""
 The lab stays up. Look inside (as root, from this folder):
-  server TUN, all devices:  ip netns exec {SRV} tcpdump -ni ovl0
+{server_tun(workers)}
   one device's TUN:         ip netns exec {first["netns"]} tcpdump -ni ovl0
   the underlay (TLS only):  ip netns exec {SRV} tcpdump -ni eth0 tcp port 443
   snmpwalk a device (v2c):  ip netns exec {SRV} snmpwalk -v2c -c {services.COMMUNITY} -On -m '' \\

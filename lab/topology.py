@@ -177,6 +177,15 @@ class Lab:
         """The fleet's nodes; node 1 alone unless the lab was made with --servers."""
         return [Server(n) for n in range(1, self._state("servers", 1) + 1)]
 
+    @property
+    def workers(self) -> int:
+        """Each server's listen.workers (--workers; more than 1 needs the fleet's store)."""
+        return self._state("workers", 1)
+
+    @property
+    def shared_store(self) -> bool:
+        return len(self.servers()) > 1 or self.workers > 1
+
     def server(self, name: str) -> Server:
         """The node named ``name`` (``server`` is node 1); ValueError naming the choices."""
         servers = self.servers()
@@ -189,7 +198,7 @@ class Lab:
         return found
 
     def namespaces(self) -> list[str]:
-        fleet = [DB] if len(self.servers()) > 1 else []
+        fleet = [DB] if self.shared_store else []
         return [
             *(s.ns for s in self.servers()),
             NAT,
@@ -199,10 +208,11 @@ class Lab:
             *(d.ns for d in self.devices()),
         ]
 
-    def is_up(self, count: int, servers: int) -> bool:
+    def is_up(self, count: int, servers: int, workers: int = 1) -> bool:
         return (
             len(self.devices()) == count
             and len(self.servers()) == servers
+            and self.workers == workers
             and all(netns.exists(ns) for ns in self.namespaces())
             and all(deploy.server_status(self.control(s)) is not None for s in self.servers())
             and all(deploy.agent_status(self.device_control(d)) is not None for d in self.devices())
@@ -243,13 +253,17 @@ class Lab:
 
     # -- building and removing
 
-    def up(self, count: int, servers: int = 1) -> None:
+    def up(self, count: int, servers: int = 1, workers: int = 1) -> None:
         """Build the namespaces and start the servers and the devices; keep what is up."""
-        if self.is_up(count, servers):
+        if self.is_up(count, servers, workers):
             return
+        if self.workers != workers:  # the servers' configs say how many workers
+            self.down()
         self.down(keep_files=True)  # a partial or different lab: rebuild it, keeping leases
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps({"devices": count, "servers": servers}))
+        self.state_file.write_text(
+            json.dumps({"devices": count, "servers": servers, "workers": workers})
+        )
         devices, nodes = self.devices(), self.servers()
         netns.create(NAT)
         netns.bridge(NAT, "wan0")
@@ -271,7 +285,7 @@ class Lab:
         pki = self.dir / "pki"
         names = ["overlay.lab", *(Server(n).ip for n in range(1, MAX_SERVERS + 1))]
         ca_file = deploy.pki(pki, names)
-        store = self._store() if len(nodes) > 1 else ""
+        store = self._store() if self.shared_store else ""
         for node in nodes:
             if not self.config(node).exists():
                 deploy.server_config(
@@ -281,6 +295,7 @@ class Lab:
                     host=node.ip,
                     auto_enroll=self.auto_enroll,
                     overlay=f'pool = "{POOL}"',
+                    listen=f"workers = {workers}",
                     extra=f'{store}\n[node]\nname = "{node.name}"\n{self._reach(node)}',
                 )
             self._start_bird(node)
@@ -465,6 +480,7 @@ as = {ROUTER_AS}
                     "admin": ADMIN_URL,
                     "state": "up" if running else "down",
                     "sessions": len(running["sessions"]) if running else 0,
+                    "workers": running.get("workers", []) if running else [],  # --workers
                 }
             )
             for session in running["sessions"] if running else []:

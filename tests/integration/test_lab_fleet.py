@@ -77,6 +77,30 @@ def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
     assert not directory.exists()
 
 
+def test_the_demo_passes_with_two_workers_and_a_killed_server_comes_back() -> None:
+    """``scripts/lab demo --workers 2``: every check of the lab contract passes with the
+    server's tunnels spread over two workers; ``scripts/lab kill server`` kills every
+    worker with the supervisor, and the devices come back with their addresses."""
+    directory = Path(f"/tmp/ovl-test-workers-lab-{os.getpid()}")  # postgres must enter it
+    try:
+        demo = lab_cli(directory, "demo", "--workers", "2", timeout=600)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert " FAIL " not in demo.stdout and demo.stdout.count(" pass ") >= 20
+        lab = Lab(directory)
+        workers = lab.status()["servers"][0]["workers"]
+        assert [w["up"] for w in workers] == [True, True]
+        before = {(d["name"], d["vrf"]): d["overlay"] for d in lab.status()["devices"]}
+        killed = lab_cli(directory, "kill", "server")
+        assert killed.returncode == 0, killed.stderr
+        assert len(killed.stdout.split("(")[1].split(",")) == 3  # the supervisor and 2 workers
+        lab.wait_tunnels(timeout=60)
+        after = {(d["name"], d["vrf"]): d["overlay"] for d in lab.status()["devices"]}
+        assert after == before
+    finally:
+        lab_cli(directory, "down")
+    assert not netns.names("ovl-")
+
+
 def next_hops(lab: Lab, lan: str) -> list[str]:
     """The router's next hops to a device's LAN address."""
     route = json.loads(lab.frr.vtysh(f"show ip route {lan}/32 json"))[f"{lan}/32"][0]
