@@ -158,7 +158,10 @@ class PostgresStore:
             min_size=1,
             max_size=POOL_SIZE,
             timeout=WAIT,
-            check=AsyncConnectionPool.check_connection,
+            # No check at every getconn: it cost a round trip per query, an eighth of a
+            # worker's CPU in a storm. A connection a query finds broken marks the store
+            # down; the probe then has the pool check them all (_probe), and the pool
+            # drops a broken one when it comes back.
             open=False,
             name=f"overlay-{config.node}",
         )
