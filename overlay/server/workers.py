@@ -53,6 +53,7 @@ RESTART_DELAY = 1.0  # seconds before a worker that died starts again; doubled w
 MAX_RESTART_DELAY = 30.0  # keeps dying within STABLE seconds of its start, up to this
 STABLE = 10.0
 PR_SET_PDEATHSIG = 1
+CAPTURE_RECORDS = 1024  # pcap records a capture holds between the workers and its reader
 
 
 @dataclasses.dataclass
@@ -289,7 +290,8 @@ class Supervisor:
             response = web.StreamResponse(headers={"Content-Type": "application/vnd.tcpdump.pcap"})
             await response.prepare(request)
             await response.write(pcap.file_header())
-            records: asyncio.Queue[bytes | None] = asyncio.Queue()
+            # bounded: a slow reader holds the workers back, whose taps drop and count
+            records: asyncio.Queue[bytes | None] = asyncio.Queue(CAPTURE_RECORDS)
             pumps = [asyncio.create_task(pump(stream, records)) for stream in streams]
             written, ended = 0, 0
             try:

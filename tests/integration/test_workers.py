@@ -125,6 +125,16 @@ def test_two_workers_serve_one_port_one_store_and_route_each_tunnel_to_its_worke
         part = deploy.server_status(state / f"worker-{number}.sock")
         assert part is not None and part["firewall"]["rules"] == status["firewall"]["rules"] + 1
 
+    # SIGHUP reaches every worker: each reloads the certificate
+    assert overlay.server is not None
+    overlay.server.send_signal(signal.SIGHUP)
+
+    def reloaded() -> set[str]:
+        lines = overlay.server_log.read_text().splitlines()
+        return {json.loads(line)["node"] for line in lines if '"certificate reloaded"' in line}
+
+    deploy.wait_for("both workers' reloads", lambda: reloaded() == {"srv-w1", "srv-w2"})
+
     # SIGTERM stops every worker and takes their TUNs away
     pids = [w["pid"] for w in workers]
     assert overlay.stop_server() == 0
