@@ -126,6 +126,7 @@ class PostgresStore:
         self.races = 0  # new leases another node won first
         self.outages = 0
         self._wants: list[_Want] = []
+        self._reads: dict[str, list[asyncio.Future[Enrollment | None]]] = {}  # this turn's
         self._timer: asyncio.TimerHandle | None = None
         self._allocating = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # batches being allocated
@@ -235,21 +236,51 @@ class PostgresStore:
                 await (self.refresh() if beat % (REFRESH // COUNT) == 0 else self.count())
 
     async def enrollment(self, device: str) -> Enrollment | None:
+        """The device's enrolment as the store has it now. The handshakes of one turn of
+        the event loop share one query (a storm's many, the store's one round trip)."""
+        if not self._reads:
+            asyncio.get_running_loop().call_soon(self._read_enrollments)
+        done: asyncio.Future[Enrollment | None] = asyncio.get_running_loop().create_future()
+        self._reads.setdefault(device, []).append(done)
+        return await done
+
+    def _read_enrollments(self) -> None:
+        reads, self._reads = self._reads, {}
+        task = asyncio.create_task(self._answer(reads))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, reads: dict[str, list[asyncio.Future[Enrollment | None]]]) -> None:
+        """Read the enrolments of ``reads`` at once; in an outage, answer those memory knows
+        (they are admitted) and fail the others."""
+        devices = list(reads)
         try:
             rows = await self.run(
-                lambda conn: fetch(conn, f"SELECT {COLUMNS} FROM devices WHERE id = %s", (device,))
+                lambda conn: fetch(
+                    conn, f"SELECT {COLUMNS} FROM devices WHERE id = ANY(%s)", (devices,)
+                )
             )
-        except StoreError:
-            known = self._enrollments.get(device)
-            if known is None:
-                raise
-            return known
-        if not rows:
-            self._enrollments.pop(device, None)
-            return None
-        enrollment = enrollment_of(rows[0])
-        self._enrollments[device] = enrollment
-        return enrollment
+        except StoreError as exc:
+            for device, waiting in reads.items():
+                known = self._enrollments.get(device)
+                for done in waiting:
+                    if done.done():
+                        continue
+                    if known is None:
+                        done.set_exception(exc)
+                    else:
+                        done.set_result(known)
+            return
+        found = {row[0]: enrollment_of(row) for row in rows}
+        for device, waiting in reads.items():
+            enrollment = found.get(device)
+            if enrollment is None:
+                self._enrollments.pop(device, None)
+            else:
+                self._enrollments[device] = enrollment
+            for done in waiting:
+                if not done.done():  # its handshake may have timed out meanwhile
+                    done.set_result(enrollment)
 
     async def enroll(
         self,

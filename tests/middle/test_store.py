@@ -7,12 +7,14 @@ import ipaddress
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lab import postgres as pg
 from overlay.exceptions import ConfigError, PoolExhaustedError, StoreError, VrfLimitError
 from overlay.server.config import ServerConfig, load_server_config
+from overlay.server.postgres import PostgresStore
 from overlay.server.store import Store, open_store
 from tests.middle.conftest import write_config
 
@@ -137,6 +139,37 @@ async def test_the_registry_enrols_replaces_and_removes(opened: Opener) -> None:
     assert not await store.unenroll("SN-1")
     assert await store.enrollment("SN-1") is None
     assert store.enrolled() == 1
+
+
+async def test_the_handshakes_of_one_turn_read_their_enrolments_together(opened: Opener) -> None:
+    """What each asks, as it is now; with PostgreSQL in one query for all (a storm)."""
+    store = await opened()
+    other = await opened(node="node-b")  # another node, or `overlay device add`
+    await other.enroll("SN-1", "hash-1")
+    await other.enroll("SN-2", None, max_vrfs=2)
+    queries = 0
+    if isinstance(store, PostgresStore):
+        run = store.run
+
+        async def counted(work: Any) -> Any:
+            nonlocal queries
+            queries += 1
+            return await run(work)
+
+        store.run = counted  # type: ignore[method-assign]
+    one, two, nobody, again = await asyncio.gather(
+        store.enrollment("SN-1"),
+        store.enrollment("SN-2"),
+        store.enrollment("SN-3"),
+        store.enrollment("SN-1"),
+    )
+    assert one is not None and one.password_hash == "hash-1" and again == one
+    assert two is not None and two.max_vrfs == 2
+    assert nobody is None
+    assert queries == (1 if isinstance(store, PostgresStore) else 0)
+    await other.enroll("SN-1", "hash-2")  # takes effect at the next handshake
+    changed = await store.enrollment("SN-1")
+    assert changed is not None and changed.password_hash == "hash-2"
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])  # a SQLite store has one server
