@@ -80,7 +80,9 @@ def configure(level: str = "info", json: bool | None = None, node: str | None = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write per line (print writes the newline apart): the workers of a server
+        # share stderr, and unbuffered (PYTHONUNBUFFERED) their lines would run together
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

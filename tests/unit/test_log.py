@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -50,3 +51,28 @@ def test_every_line_names_the_node(capsys):
         ("slow client", "fra-1"),
     ]
     assert lines[0]["device"] == "SN-1" and lines[0]["vrf"] == "main-vrf"
+
+
+def test_each_line_is_one_write_so_workers_sharing_stderr_never_merge_lines():
+    writes: list[str] = []
+
+    class Unbuffered:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return False
+
+    stderr = Unbuffered()
+    saved, sys.stderr = sys.stderr, stderr
+    try:
+        log.configure("info", json=True, node="srv-w1")
+        structlog.get_logger("t").info("certificate reloaded")
+    finally:
+        sys.stderr = saved
+    assert len(writes) == 1 and writes[0].endswith("}\n")
+    assert json.loads(writes[0])["event"] == "certificate reloaded"
