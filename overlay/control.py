@@ -25,6 +25,7 @@ from aiohttp import web
 from overlay.exceptions import CommandError, ControlError, OverlayError
 
 T = TypeVar("T")
+SHUTDOWN_TIMEOUT = 5.0  # seconds a stream still open (a capture) may hold the shutdown
 # A server answers at once; a supervisor of workers (overlay.server.workers) asks them first.
 StatusSource = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]  # overlay.status
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,7 +77,8 @@ async def start(
     app.router.add_post("/commands/{name}", handle_command)
     for name, handler in (streams or {}).items():
         app.router.add_get(f"/{name}", handler)
-    runner = web.AppRunner(app, access_log=None)
+    # a stream still open at shutdown (a capture) holds it SHUTDOWN_TIMEOUT at most
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):

@@ -7,9 +7,10 @@ had to drop rather than slow the router or grow without bound behind a reader
 that stalled (a count bound let 10,000 segments of 64 KiB pile up). The control
 socket streams the tap as a pcap file (``GET
 /capture?device=ID&count=N&seconds=S``) until the count or the time is reached
-or the reader goes away. The tap is in place before the file header is sent, so
-whoever has the header (a script starting a capture, then traffic) misses
-nothing that follows."""
+or the reader goes away (seen within a second even when nothing is captured: a
+forgotten capture would hold the server's shutdown). The tap is in place
+before the file header is sent, so whoever has the header (a script starting
+a capture, then traffic) misses nothing that follows."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from overlay.server.router import Router
 from overlay.server.store import Store
 
 QUEUE_BYTES = 16 << 20
+LOOK = 1.0  # seconds between looks at whether the reader of a quiet capture is still there
 
 log = structlog.get_logger("overlay.capture")
 
@@ -79,13 +81,15 @@ def capture_handler(router: Router[Any], store: Store) -> Handler:
         with router.tapped(tap), contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
             await response.write(pcap.file_header())
             while count is None or written < count:
-                timeout = None if deadline is None else deadline - asyncio.get_running_loop().time()
-                if timeout is not None and timeout <= 0:
+                left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                if left is not None and left <= 0:
                     break
                 try:
-                    stamp, packet = await asyncio.wait_for(tap.get(), timeout)
+                    stamp, packet = await asyncio.wait_for(tap.get(), min(left or LOOK, LOOK))
                 except TimeoutError:
-                    break
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the reader went away while nothing was captured
+                    continue
                 await response.write(pcap.record(stamp, packet))
                 written += 1
         log.info("capture ended", device=device, packets=written, dropped=tap.dropped)
