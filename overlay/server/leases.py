@@ -5,11 +5,12 @@ same address after reconnects and after server restarts. Every new lease is
 committed before the hello that announces it is sent, in WAL mode with full
 sync, so that a server killed at any moment comes back with every lease it
 ever announced. The whole table is also held in memory: lookups on the
-handshake path cost no I/O, and the process is the store's only writer.
+handshake path cost no I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import sqlite3
 import time
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.addressing import AddressPool
-from overlay.exceptions import StoreError
-from overlay.server.sqlite import GroupCommit, connect
+from overlay.exceptions import OverlayError, StoreError, VrfLimitError
+from overlay.server.sqlite import GroupCommit, connect, transaction
 
 MIGRATIONS = [  # a store written before schema versions has version 0 and the table already
     """
@@ -122,64 +123,149 @@ class _Either:
 
 
 class LeaseStore:
-    """The lease table of one server, in SQLite."""
+    """The lease table of one server, in SQLite; its workers (``listen.workers``) share the file.
+
+    A new lease is stored in the :class:`GroupCommit`'s transaction, which holds
+    the write lock: it first reads the rows other workers stored since its last
+    read (by rowid), so that every worker hands out each address once and gives
+    a (device, VRF) the lease another worker made. A device released anywhere
+    is released by every worker (the supervisor sends them all the unbind),
+    and each then reads the table again.
+    """
 
     def __init__(self, path: Path, pool: AddressPool, batch: GroupCommit | None = None) -> None:
         self.path = path
         self.pool = pool
         self.batch = batch  # None: every new lease is committed at once
         self._db = connect(path, "lease store", MIGRATIONS)
-        try:
-            rows = self._db.execute("SELECT device, vrf, address, created FROM leases").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read lease store {path}: {exc}") from None
+        self._read = 0  # the highest rowid read
+        self._wants: dict[tuple[str, str], tuple[int | None, asyncio.Future[Lease]]] = {}
         self.table = LeaseTable(pool)
-        for device, vrf, address, created in rows:
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the whole table again (after a release, or a row another worker stored
+        that rowids did not show)."""
+        self.table = LeaseTable(self.pool)
+        self._read = 0
+        self.sync()
+
+    def sync(self) -> None:
+        """Know the leases other workers stored since the last read."""
+        try:
+            rows = self._db.execute(
+                "SELECT rowid, device, vrf, address, created FROM leases WHERE rowid > ? "
+                "ORDER BY rowid",
+                (self._read,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read lease store {self.path}: {exc}") from None
+        for rowid, device, vrf, address, created in rows:
             self.table.add(Lease(device, vrf, ipaddress.IPv4Address(address), created))
+            self._read = rowid
 
-    def lease(self, device: str, vrf: str) -> Lease:
-        """Return the lease of (device, VRF), creating and storing it on first sight.
+    async def lease(self, device: str, vrf: str, max_vrfs: int | None = None) -> Lease:
+        """Return the lease of (device, VRF), creating and storing it on first sight;
+        durable when it returns.
 
-        Raises :class:`PoolExhaustedError` when the pool has no free address. With
-        a :class:`GroupCommit`, a new lease is durable once its ``wait()`` returns.
+        Raises :class:`VrfLimitError` when the device holds ``max_vrfs`` other leases,
+        :class:`PoolExhaustedError` when the pool has no free address.
         """
         existing = self.table.get(device, vrf)
         if existing is not None:
             return existing
-        lease = Lease(device, vrf, self.table.free(), time.time())
-        last = self.table.last
+        want = self._wants.get((device, vrf))
+        if want is None:
+            if not self._wants and self.batch is not None:
+                self.batch.later(self._db, self._store)
+            want = self._wants[(device, vrf)] = (
+                max_vrfs,
+                asyncio.get_running_loop().create_future(),
+            )
+            want[1].add_done_callback(_retrieve)
+            if self.batch is None:
+                with transaction(self._db):
+                    self._store()
         if self.batch is not None:
-            self.batch.begin(self._db)
+            await self.batch.wait()
+        return await want[1]
+
+    def _store(self) -> None:
+        """In the write transaction: a lease for each (device, VRF) that asked, unless
+        another worker made it meanwhile."""
+        wants, self._wants = self._wants, {}
+        self.sync()
+        last = self.table.last
+        made: list[Lease] = []
+        for (device, vrf), (max_vrfs, result) in wants.items():
+            try:
+                lease = self._new(device, vrf, max_vrfs)
+            except OverlayError as exc:
+                result.set_exception(exc)
+                continue
+            made.append(lease)
+            result.set_result(lease)
+        if made and self.batch is not None:
+            self.batch.undo(self._db, lambda: self._forget(made, last))
+
+    def _new(self, device: str, vrf: str, max_vrfs: int | None) -> Lease:
+        existing = self.table.get(device, vrf)
+        if existing is not None:
+            return existing
+        if max_vrfs is not None and self.table.vrfs(device) >= max_vrfs:
+            raise VrfLimitError(max_vrfs)
         try:
-            self._db.execute(
+            return self._insert(device, vrf)
+        except sqlite3.IntegrityError:  # another worker's row under a rowid used again
+            self.reload()
+        existing = self.table.get(device, vrf)
+        if existing is not None:
+            return existing
+        try:
+            return self._insert(device, vrf)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
+
+    def _insert(self, device: str, vrf: str) -> Lease:
+        """Store a lease of a free address; sqlite3.IntegrityError if a row holds either."""
+        lease = Lease(device, vrf, self.table.free(), time.time())
+        try:
+            cursor = self._db.execute(
                 "INSERT INTO leases (device, vrf, address, created) VALUES (?, ?, ?, ?)",
                 (device, vrf, str(lease.address), lease.created),
             )
+        except sqlite3.IntegrityError:
+            raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
         self.table.add(lease)
-        self.table.last = lease.address
-        if self.batch is not None:
-            self.batch.undo(self._db, lambda: self._forget(lease, last))
+        self._read = max(self._read, cursor.lastrowid or 0)
         return lease
 
-    def _forget(self, lease: Lease, last: ipaddress.IPv4Address | None) -> None:
-        """Take back a lease whose commit failed."""
-        self.table.forget(lease.device, lease.vrf)
+    def _forget(self, leases: list[Lease], last: ipaddress.IPv4Address | None) -> None:
+        """Take back leases whose commit failed."""
+        for lease in leases:
+            self.table.forget(lease.device, lease.vrf)
         self.table.last = last
 
     def release(self, device: str) -> list[Lease]:
         """Give up every lease of ``device`` (all its VRFs); return them."""
-        released = self.table.of(device)
         if self.batch is not None:
             self.batch.flush()
+        self.sync()
+        released = self.table.of(device)
         try:
             self._db.execute("DELETE FROM leases WHERE device = ?", (device,))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot release leases in {self.path}: {exc}") from None
-        for lease in released:
-            self.table.forget(lease.device, lease.vrf)
+        self.reload()  # a rowid freed at the end is used again
         return released
 
     def close(self) -> None:
         self._db.close()
+
+
+def _retrieve(result: asyncio.Future[Lease]) -> None:
+    """A refused lease whose handshake went away is not an unhandled error."""
+    if not result.cancelled():
+        result.exception()

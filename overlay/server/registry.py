@@ -49,6 +49,12 @@ MIGRATIONS: list[Migration] = [
     "ALTER TABLE devices ADD COLUMN max_vrfs INTEGER",
 ]
 COLUMNS = "id, password_hash, created, client_cert, max_vrfs"
+UPSERT = (
+    "INSERT INTO devices (id, password_hash, created, client_cert, max_vrfs) "
+    "VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
+    "client_cert = excluded.client_cert, max_vrfs = excluded.max_vrfs"
+)
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,15 @@ class Registry:
         With a :class:`GroupCommit`, the enrolment is durable once its ``wait()`` returns.
         """
         enrollment = Enrollment(device, password_hash, time.time(), client_cert, max_vrfs)
-        if self.batch is not None:
-            self.batch.begin(self._db)
-        self._query(
-            "INSERT INTO devices (id, password_hash, created, client_cert, max_vrfs) "
-            "VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, "
-            "client_cert = excluded.client_cert, max_vrfs = excluded.max_vrfs",
-            device,
-            password_hash,
-            enrollment.created,
-            int(client_cert),
-            max_vrfs,
-        )
+        row = (device, password_hash, enrollment.created, int(client_cert), max_vrfs)
+        if self.batch is None:
+            self._execute(UPSERT, *row)
+        else:
+            self.batch.later(self._db, lambda: self._upsert(row))
         return enrollment
+
+    def _upsert(self, row: tuple[object, ...]) -> None:
+        self._execute(UPSERT, *row)
 
     def remove(self, device: str) -> bool:
         if self.batch is not None:

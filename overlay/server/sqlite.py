@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from overlay.exceptions import StoreError
@@ -51,6 +51,8 @@ def migrate(db: sqlite3.Connection, path: Path, what: str, migrations: Sequence[
         return
     db.execute("BEGIN IMMEDIATE")
     try:
+        # again, under the lock: the workers of a server open the files at once
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         for step in migrations[version:]:
             if isinstance(step, str):
                 db.execute(step)
@@ -79,32 +81,31 @@ class GroupCommit:
 
     In a storm of new devices each enrolment and each lease used to be its own
     commit: two ``fdatasync`` per device, each blocking the event loop. A store
-    given a GroupCommit writes inside a transaction that stays open for
-    ``window`` seconds after its first write, when :meth:`flush` commits it; a
-    handshake sends its hello only after :meth:`wait` (the commit), so the
-    sticky-address guarantee is unchanged. The window bounds the commits to
-    one per store per window whatever the rate of handshakes (committing at
-    the end of each event-loop turn still left a quarter of the loop's time in
-    ``fdatasync`` at 500 handshakes a second). A commit that fails is rolled
-    back, the stores undo what they held in memory, and every waiter gets the
-    :class:`StoreError`.
+    given a GroupCommit hands it its writes (:meth:`later`); ``window`` seconds
+    after the first, :meth:`flush` runs them all in one short transaction per
+    store and commits it. A handshake sends its hello only after :meth:`wait`
+    (the commit), so the sticky-address guarantee is unchanged. The window
+    bounds the commits to one per store per window whatever the rate of
+    handshakes (committing at the end of each event-loop turn still left a
+    quarter of the loop's time in ``fdatasync`` at 500 handshakes a second).
+
+    The write lock is taken only for the flush, not for the window: the
+    workers of one server (``listen.workers``) share the files, and a worker
+    waiting for the lock waits with its event loop stopped. A commit that
+    fails is rolled back, the stores undo what they held in memory, and every
+    waiter gets the :class:`StoreError`.
     """
 
     def __init__(self, window: float = COMMIT_WINDOW) -> None:
         self.window = window
+        self._writes: dict[sqlite3.Connection, list[Callable[[], None]]] = {}
         self._undo: dict[sqlite3.Connection, list[Callable[[], None]]] = {}
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def begin(self, db: sqlite3.Connection) -> None:
-        """Make the next statement on ``db`` part of this window's transaction."""
-        if db in self._undo:
-            return
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot begin a transaction: {exc}") from None
-        self._undo[db] = []
+    def later(self, db: sqlite3.Connection, write: Callable[[], None]) -> None:
+        """Run ``write`` (statements on ``db``) in the window's transaction on ``db``."""
+        self._writes.setdefault(db, []).append(write)
         if self._done is None:
             loop = asyncio.get_running_loop()
             self._done = loop.create_future()
@@ -112,8 +113,8 @@ class GroupCommit:
             self._timer = loop.call_later(self.window, self.flush)
 
     def undo(self, db: sqlite3.Connection, step: Callable[[], None]) -> None:
-        """What to take back in memory should ``db``'s commit fail."""
-        self._undo[db].append(step)
+        """What a write takes back in memory should ``db``'s commit fail."""
+        self._undo.setdefault(db, []).append(step)
 
     async def wait(self) -> None:
         """Return once this window's writes are committed (at once when there are none)."""
@@ -125,23 +126,38 @@ class GroupCommit:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        undo, self._undo = self._undo, {}
+        writes, self._writes = self._writes, {}
         done, self._done = self._done, None
         error: StoreError | None = None
-        for db, steps in undo.items():
+        for db, steps in writes.items():
             try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                for step in reversed(steps):
+                with transaction(db):
+                    for write in steps:
+                        write()
+            except (sqlite3.Error, StoreError) as exc:
+                for step in reversed(self._undo.pop(db, [])):
                     step()
                 error = StoreError(f"cannot commit: {exc}")
+            self._undo.pop(db, None)
         if done is not None:
             if error is None:
                 done.set_result(None)
             else:
                 done.set_exception(error)
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on error: the write lock is taken first,
+    so that what the writes read (other workers' rows) stays true until they commit."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 def _retrieve(done: asyncio.Future[None]) -> None:

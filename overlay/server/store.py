@@ -1,6 +1,6 @@
 """Where a server keeps its devices and leases: one interface, two backends.
 
-SQLite (files in the state directory) is the default for one server;
+SQLite (files in the state directory) is the default for one server and its workers;
 PostgreSQL (``[store] url``, :mod:`~overlay.server.postgres`) is the store a
 fleet of nodes shares. Both keep every lease in memory as well, so that a
 returning device costs no I/O, and both return a new lease only once it is
@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Protocol
 
-from overlay.exceptions import VrfLimitError
 from overlay.server.config import ServerConfig
 from overlay.server.leases import Lease, LeaseStore
 from overlay.server.postgres import PostgresStore
@@ -73,7 +72,7 @@ class Store(Protocol):
 
 class SqliteStore:
     """The registry and the leases in the state directory's SQLite files, their new rows
-    committed together (:class:`GroupCommit`)."""
+    committed together (:class:`GroupCommit`); the workers of one server share them."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.commits = GroupCommit()
@@ -91,9 +90,14 @@ class SqliteStore:
         return self.leases.table.owner(address)
 
     async def find(self, address: ipaddress.IPv4Address) -> Lease | None:
-        return self.owner(address)  # the process is the files' only writer
+        lease = self.owner(address)
+        if lease is None:  # another worker's, maybe
+            self.leases.sync()
+            lease = self.owner(address)
+        return lease
 
     def all(self) -> list[Lease]:
+        self.leases.sync()  # with the other workers'
         return self.leases.table.all()
 
     def enrolled(self) -> int:
@@ -124,12 +128,9 @@ class SqliteStore:
         return self.registry.remove(device)
 
     async def lease(self, device: str, vrf: str, max_vrfs: int, enroll: bool = False) -> Lease:
-        table = self.leases.table
-        if not table.holds(device, vrf) and table.vrfs(device) >= max_vrfs:
-            raise VrfLimitError(max_vrfs)
         if enroll:
             self.registry.add(device, None)
-        lease = self.leases.lease(device, vrf)
+        lease = await self.leases.lease(device, vrf, max_vrfs)
         await self.commits.wait()
         return lease
 

@@ -172,9 +172,9 @@ async def test_the_handshakes_of_one_turn_read_their_enrolments_together(opened:
     assert changed is not None and changed.password_hash == "hash-2"
 
 
-@pytest.mark.parametrize("backend", ["postgresql"])  # a SQLite store has one server
 async def test_two_nodes_never_share_an_address_or_lease_a_device_twice(opened: Opener) -> None:
-    """Two nodes on one store, leasing at once: some devices reach both."""
+    """Two nodes (or a server's workers, on SQLite) on one store, leasing at once: some
+    devices reach both."""
     a = await opened(node="node-a", pool="169.254.1.1-169.254.1.250")
     b = await opened(node="node-b", pool="169.254.1.1-169.254.1.250")
     wanted = [f"SN-{n}" for n in range(120)]
