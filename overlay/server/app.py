@@ -33,6 +33,7 @@ from overlay.server.listener import listen, listen_for_tunnels
 from overlay.server.node import Node
 from overlay.server.postgres import PostgresStore
 from overlay.server.qoe import MAX_REPORT, Collector, ReportWriter
+from overlay.server.relay import Relay
 from overlay.server.routes import KernelRoutes
 from overlay.server.rulebook import Rulebook
 from overlay.server.store import Store, open_store
@@ -98,7 +99,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             )
             await fleet.start()
             stack.push_async_callback(fleet.close)  # after the sessions' close: rows go last
-            node.fleet = fleet
+            node.claims = fleet
+        elif config.worker:  # workers on the SQLite store: their supervisor relays claims
+            relay = Relay(config.relay_socket, config.node, node.newer_elsewhere)
+            relay.start()
+            stack.push_async_callback(relay.close)
+            node.claims = relay
         # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
         endpoint = Endpoint(node)
         stack.callback(endpoint.close)

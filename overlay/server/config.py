@@ -115,6 +115,11 @@ class ServerConfig:
         """The operator's socket; a worker's own, which its supervisor asks, when a worker."""
         return self.state_dir / (f"worker-{self.worker}.sock" if self.worker else CONTROL_SOCKET)
 
+    @property
+    def relay_socket(self) -> Path:
+        """Where workers on the SQLite store hear of each other's tunnels (relay.py)."""
+        return self.state_dir / "relay.sock"
+
 
 def load_server_config(path: str | Path) -> ServerConfig:
     root = configfile.load(path)
@@ -243,13 +248,7 @@ def load_server_config(path: str | Path) -> ServerConfig:
 
 
 def workers_fit(config: ServerConfig, listen: configfile.Table, overlay: configfile.Table) -> None:
-    """Refuse what several workers cannot share yet, naming the setting to change."""
-    if config.store_url is None:
-        listen.fail(
-            "workers",
-            "more than 1 needs a PostgreSQL store ([store] url): the workers share the leases "
-            "and the one-live-tunnel rule through it",
-        )
+    """Refuse what several workers cannot share, naming the setting to change."""
     if not config.routes:
         overlay.fail(
             "routes", "must be true with listen.workers > 1: a /32 per tunnel finds its worker"

@@ -12,7 +12,7 @@ import ipaddress
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -21,7 +21,7 @@ from overlay.counters import Counters
 from overlay.server.birdwatch import BirdWatch
 from overlay.server.config import ServerConfig
 from overlay.server.firewall import Firewall
-from overlay.server.fleet import Fleet, Tunnel
+from overlay.server.fleet import Tunnel
 from overlay.server.gate import Gate
 from overlay.server.policy import Policy
 from overlay.server.qoe import Collector
@@ -41,6 +41,16 @@ from overlay.status import (
 from overlay.tun import TunDevice
 
 log = structlog.get_logger("overlay.server")
+
+
+class Claims(Protocol):
+    """Where a server records the tunnels it opens and ends, so that a (device, VRF) has
+    one live tunnel: the fleet's table (:class:`~overlay.server.fleet.Fleet`) or the
+    workers' relay (:class:`~overlay.server.relay.Relay`)."""
+
+    def claim(self, tunnel: Tunnel) -> None: ...
+
+    def drop(self, tunnel: Tunnel) -> None: ...
 
 
 class Node:
@@ -74,7 +84,7 @@ class Node:
         self.handshakes = 0
         self._sessions: set[ServerSession] = set()
         self.wheel: Wheel[ServerSession] = Wheel(time.monotonic())  # their keepalive
-        self.fleet: Fleet | None = None  # with a PostgreSQL store: the fleet's tunnel table
+        self.claims: Claims | None = None  # the fleet's table, or the workers' relay
         self.routes: KernelRoutes | None = None  # a /32 per tunnel, for BGP (overlay.routes)
         self.bird: BirdWatch | None = None  # with [bgp]: whether BIRD runs to announce them
         self.taken_over = 0  # tunnels closed for a newer one on another node
@@ -87,8 +97,8 @@ class Node:
         self.handshakes += 1
         self._sessions.add(session)
         self.wheel.schedule(session, time.monotonic() + session.keepalive.interval)
-        if self.fleet is not None:
-            self.fleet.claim(tunnel(session))
+        if self.claims is not None:
+            self.claims.claim(tunnel(session))
         if self.routes is not None:
             for address in self._routed(session.lease.address):
                 self.routes.add(address)
@@ -98,8 +108,8 @@ class Node:
         self.router.detach(session)
         self._sessions.discard(session)
         self._closed.merge(session.counters)
-        if self.fleet is not None:
-            self.fleet.drop(tunnel(session))
+        if self.claims is not None:
+            self.claims.drop(tunnel(session))
         if self.routes is not None and session.key not in self.router.by_key:
             for address in self._routed(session.lease.address):  # not when a newer one holds it
                 self.routes.remove(address)

@@ -5,9 +5,11 @@ server with its own TUN (``ovl0w1``…), its own name in the fleet
 (``srv1-w1``…) and its own control socket. The workers share
 
 - the listening port (SO_REUSEPORT): the kernel spreads new connections over them;
-- the PostgreSQL store: leases, enrolments, and the rule that a (device, VRF)
-  has one live tunnel, kept between workers as between the nodes of a fleet
-  (:mod:`overlay.server.fleet`);
+- the store: leases and enrolments, in the state directory's SQLite files
+  (the default) or in PostgreSQL;
+- the rule that a (device, VRF) has one live tunnel: through the supervisor's
+  relay with SQLite (:mod:`overlay.server.relay`), and between workers as
+  between the nodes of a fleet with PostgreSQL (:mod:`overlay.server.fleet`);
 - the overlay address on every TUN, and a /32 route per tunnel through the TUN
   of the worker that holds it, so that the kernel sends a device's packets to
   that worker.
@@ -40,7 +42,7 @@ from aiohttp import web
 
 from overlay import control, pcap, systemd
 from overlay.exceptions import ControlError, OverlayError, WorkerError
-from overlay.server import admin, merge, nft
+from overlay.server import admin, merge, nft, relay
 from overlay.server.config import ServerConfig
 from overlay.status import CertificateStatus, ServerStatus, WorkerStatus, server_status
 
@@ -102,6 +104,7 @@ class Supervisor:
             Worker(worker_config(config, number)) for number in range(1, config.workers + 1)
         ]
         self.refusals: Counter[str] = Counter()  # the admin listener's
+        self.hub = relay.Hub()  # with the SQLite store: the workers' claims, each to the others
         self.started = time.time()
         self.stopping = False
 
@@ -327,6 +330,11 @@ async def supervise(config: ServerConfig, config_path: Path, stop: asyncio.Event
         if config.lan.translates:  # one table for every worker's TUN (ovl0w1, ovl0w2…)
             await nft.install(config.lan, f"{config.tun_name}w*", config.address)
             stack.push_async_callback(nft.remove)
+        if config.store_url is None:  # the SQLite store: the supervisor relays claims
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            relaying = await supervisor.hub.start(config.relay_socket)
+            stack.callback(config.relay_socket.unlink, missing_ok=True)
+            stack.callback(relaying.close)
         stack.push_async_callback(supervisor.stop)
         for worker in supervisor.workers:
             await supervisor.start(worker)

@@ -1,13 +1,15 @@
-"""A server of two workers (``listen.workers = 2``): one port, one PostgreSQL store, a /32
-per tunnel through the TUN of the worker that holds it, and one control socket for all."""
+"""A server of two workers (``listen.workers = 2``): one port, one store (the default SQLite
+files, or PostgreSQL), a /32 per tunnel through the TUN of the worker that holds it, and one
+control socket for all."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +28,16 @@ pytestmark = pytest.mark.netns
 GEN_IP = "198.18.0.99"
 
 
-@pytest.fixture
-def served(overlay: Overlay, postgres: pg.Cluster, postgres_url: str) -> Iterator[Overlay]:
-    """The test's server with two workers sharing a database of its own."""
-    store = (
-        f'[store]\nurl = "{postgres_url}"\npassword_file = "{postgres.password_file}"\n'
-        '[node]\nname = "srv"\n'
-    )
+@pytest.fixture(params=["sqlite", "postgresql"])
+def served(overlay: Overlay, request: pytest.FixtureRequest) -> Iterator[Overlay]:
+    """The test's server with two workers sharing its state directory's SQLite files, or a
+    database of its own."""
+    store = '[node]\nname = "srv"\n'
+    if request.param == "postgresql":
+        cluster: pg.Cluster = request.getfixturevalue("postgres")
+        url = request.getfixturevalue("postgres_url")
+        store += f'[store]\nurl = "{url}"\npassword_file = "{cluster.password_file}"\n'
+
     overlay.server_config = deploy.server_config(
         overlay.root / "server",
         overlay.pki_dir,
@@ -126,14 +131,24 @@ def test_two_workers_serve_one_port_one_store_and_route_each_tunnel_to_its_worke
         part = deploy.server_status(state / f"worker-{number}.sock")
         assert part is not None and part["firewall"]["rules"] == status["firewall"]["rules"] + 1
 
+    relay = state / "relay.sock"
+    if relay.exists():  # SQLite: a newer tunnel on another worker, as the relay tells it
+        assert relay.stat().st_mode & 0o777 == 0o600
+        vrf = next(s["vrf"] for s in overlay.server_status()["sessions"] if s["device"] == "dev1")
+        with socket.socket(socket.AF_UNIX) as told:
+            told.connect(str(relay))
+            told.sendall(json.dumps(["dev1", vrf, "srv-w9", time.time() + 60]).encode() + b"\n")
+            deploy.wait_for("dev1 closed for the newer", lambda: "dev1" not in held(overlay))
+        assert "replaced by a newer session" in device.log.read_text()
+
     # SIGHUP reaches every worker: each reloads the certificate
     assert overlay.server is not None
     overlay.server.send_signal(signal.SIGHUP)
 
     def reloaded() -> set[str]:
-        text = overlay.server_log.read_text()  # two processes' lines may share a line
-        found = re.findall(r'\{[^{}]*"certificate reloaded"[^{}]*\}', text)
-        return {json.loads(entry)["node"] for entry in found}
+        lines = overlay.server_log.read_text().splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{")]  # whole lines
+        return {e["node"] for e in entries if e["event"] == "certificate reloaded"}
 
     deploy.wait_for("both workers' reloads", lambda: reloaded() == {"srv-w1", "srv-w2"})
 

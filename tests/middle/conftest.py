@@ -27,6 +27,14 @@ from tests.faketun import FakeTun
 PASSWORD = "middle-floor-pass"
 
 
+async def wait_until(condition: object, timeout: float = 5) -> None:
+    """Let the loop run until ``condition()`` holds; fail after ``timeout`` seconds."""
+    assert callable(condition)
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 class RecordingSocket:
     """A WebSocket stand-in for :class:`Sender`: records frames; ``stall()`` makes every
     send wait until ``resume()``, as a device that stopped reading would."""

@@ -16,7 +16,7 @@ from overlay.server.policy import Policy
 from overlay.server.router import TURN_PACKETS, Router
 from overlay.server.rules import Ruleset, load_profiles
 from tests.faketun import FakeTun
-from tests.middle.conftest import FakeSession, RecordingSocket
+from tests.middle.conftest import FakeSession, RecordingSocket, wait_until
 from tests.packets import ipv4
 
 SERVER = "169.254.0.1"
@@ -191,14 +191,6 @@ async def test_one_stalled_session_does_not_delay_another(
     assert stalled.sender.outbox.size <= 4096
     for task in tasks:
         task.cancel()
-
-
-async def wait_until(condition: object, timeout: float = 5) -> None:
-    """Let the loop run until ``condition()`` holds; fail after ``timeout`` seconds."""
-    assert callable(condition)
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_offload_headers_no_kernel_would_write_are_refused(tun: FakeTun) -> None:

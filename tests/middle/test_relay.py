@@ -1,0 +1,58 @@
+"""The workers' relay (SQLite store): a tunnel one worker opens reaches the others, whose
+older tunnel of that (device, VRF) then closes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from overlay.server.fleet import Tunnel
+from overlay.server.relay import Hub, Relay
+from tests.middle.conftest import wait_until
+
+
+async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: Path) -> None:
+    path = tmp_path / "relay.sock"
+    server = await Hub().start(path)
+    heard: dict[str, list[tuple[str, str, str, float]]] = {"w1": [], "w2": [], "w3": []}
+    relays = [
+        Relay(path, f"srv-{name}", lambda *claim, name=name: heard[name].append(claim))
+        for name in heard
+    ]
+    for relay in relays:
+        relay.start()
+    try:
+        await wait_until(lambda: all(r._writer is not None for r in relays))
+        await asyncio.sleep(0.05)  # the hub has taken every connection in
+        relays[0].claim(Tunnel("SN-1", "main-vrf", "session-1", 1700000000.5))
+        await wait_until(lambda: heard["w2"] and heard["w3"])
+        assert heard["w2"] == [("SN-1", "main-vrf", "srv-w1", 1700000000.5)]
+        assert heard["w3"] == heard["w2"]
+        await asyncio.sleep(0.05)
+        assert heard["w1"] == []
+    finally:
+        for relay in relays:
+            await relay.close()
+        server.close()
+
+
+async def test_a_worker_connects_again_when_the_relay_comes_back(tmp_path: Path) -> None:
+    path = tmp_path / "relay.sock"
+    heard: list[tuple[str, str, str, float]] = []
+    first, second = (
+        Relay(path, "srv-w1", lambda *c: None),
+        Relay(path, "srv-w2", lambda *c: heard.append(c)),
+    )
+    first.start()
+    second.start()  # nothing listens yet: they try again each second
+    server = await Hub().start(path)
+    try:
+        await wait_until(lambda: first._writer is not None and second._writer is not None)
+        await asyncio.sleep(0.05)
+        first.claim(Tunnel("SN-2", "default", "session-2", 1700000001.0))
+        await wait_until(lambda: heard)
+        assert heard == [("SN-2", "default", "srv-w1", 1700000001.0)]
+    finally:
+        await first.close()
+        await second.close()
+        server.close()
