@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="part reconnect: the server's listen.workers (more than 1: on a PostgreSQL "
-        "store of the bench's own)",
+        help="part reconnect: the server's listen.workers",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="part reconnect: the server's store (postgresql: a cluster of the bench's own)",
     )
     parser.add_argument(
         "--quick",
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
             if "reconnect" in parts:
-                results["reconnect"] = reconnect(Path(tmp) / "reconnect", devices, args.workers)
+                results["reconnect"] = reconnect(
+                    Path(tmp) / "reconnect", devices, args.workers, args.store == "postgresql"
+                )
                 for ns in netns.names(PREFIX):
                     netns.remove(ns)
             if "agent" in parts:
@@ -164,7 +171,8 @@ def format_results(results: dict[str, Any]) -> str:
         store = r.get("store_cpu_ms_per_tunnel")
         lines += [
             f"reconnect storm, {r['devices']} simulated devices"
-            + (f", {workers} server workers on PostgreSQL" if workers > 1 else ""),
+            + (f", {workers} server workers" if workers > 1 else "")
+            + (" on PostgreSQL" if r.get("store") == "postgresql" else ""),
             f"  first connect of all          {r['first_connect_s']:>8.2f} s "
             f"({r['tunnels_per_s']} tunnels/s)",
             f"  server CPU per new tunnel     {r['server_cpu_ms_per_tunnel']:>8.3f} ms "

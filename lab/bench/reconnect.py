@@ -1,8 +1,9 @@
 """Part ``reconnect``: a storm of simulated devices against one server, restarted twice.
 
-With ``workers`` > 1 the server runs that many workers (``listen.workers``) on a
-PostgreSQL store of the bench's own; CPU and memory are those of the supervisor
-and its workers together, and the store's are given apart.
+With ``workers`` > 1 the server runs that many workers (``listen.workers``), on
+the default SQLite store or, with ``postgres``, on a PostgreSQL store of the
+bench's own; CPU and memory are those of the supervisor and its workers
+together, and PostgreSQL's are given apart.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ class Events:
         raise TimeoutError(f"no {event!r} from loadgen within {timeout} s")
 
 
-def reconnect(work: Path, devices: int, workers: int = 1) -> dict[str, Any]:
+def reconnect(work: Path, devices: int, workers: int = 1, postgres: bool = False) -> dict[str, Any]:
     store = None
-    if workers > 1:  # in a directory the postgres user may enter
+    if postgres:  # in a directory the postgres user may enter
         store = pg.Cluster(Path(f"/tmp/ovl-bench-store-{os.getpid()}"))
         store.remove()
     try:
@@ -71,14 +72,14 @@ def storm(work: Path, devices: int, workers: int, store: pg.Cluster | None) -> d
     password = os.urandom(12).hex()
     (work / "password").write_text(password)
     ca = deploy.pki(work / "pki", [SERVER_IP])
-    extra = listen = ""
+    extra = ""
+    listen = f"workers = {workers}"
     if store is not None:
         store.start()
         store.create_database("overlay")
         extra = (
             f'[store]\nurl = "{store.url("overlay")}"\npassword_file = "{store.password_file}"\n'
         )
-        listen = f"workers = {workers}"
     config = deploy.server_config(
         work / "server", work / "pki", password, host=SERVER_IP, extra=extra, listen=listen
     )
@@ -128,6 +129,7 @@ def storm(work: Path, devices: int, workers: int, store: pg.Cluster | None) -> d
         results: dict[str, Any] = {
             "devices": devices,
             "workers": workers,
+            "store": "sqlite" if store is None else "postgresql",
             "first_connect_s": up["seconds"],
             "tunnels_per_s": round(devices / up["seconds"], 1),
             "server_cpu_ms_per_tunnel": round(handshake_cpu * 1000, 3),

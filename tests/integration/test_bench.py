@@ -45,17 +45,20 @@ def test_quick_bench_measures_every_path_every_device_the_agent_and_the_lan(tmp_
     assert netns.names("ovlb-") == [] and netns.names("ovl-") == []
 
 
-def test_quick_reconnect_storm_with_two_workers_on_a_store_of_its_own(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_quick_reconnect_storm_with_two_workers(tmp_path: Path, store: str) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "lab.bench", "--quick", "--part", "reconnect", "--workers", "2",
-         "--json", str(out)],
+         "--store", store, "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "50 simulated devices, 2 server workers on PostgreSQL" in result.stdout
+    on = " on PostgreSQL" if store == "postgresql" else ""
+    assert f"50 simulated devices, 2 server workers{on}\n" in result.stdout
     reconnect = json.loads(out.read_text())["reconnect"]
-    assert reconnect["workers"] == 2 and reconnect["store_cpu_ms_per_tunnel"] is not None
+    assert (reconnect["workers"], reconnect["store"]) == (2, store)
+    assert (reconnect["store_cpu_ms_per_tunnel"] is not None) == (store == "postgresql")
     assert reconnect["same_addresses_after_sigterm"] is True
     assert reconnect["same_addresses_after_sigkill"] is True
     assert not list(Path("/tmp").glob("ovl-bench-store-*"))  # its PostgreSQL is gone
