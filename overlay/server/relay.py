@@ -29,6 +29,7 @@ from overlay.server.fleet import Newer, Tunnel
 log = structlog.get_logger("overlay.server")
 
 MAX_LINE = 4096  # bytes: a device id and a VRF name are far shorter
+CHUNK = 1 << 16  # bytes the hub reads at once
 MAX_BACKLOG = 1 << 20  # bytes a worker that stopped reading may owe before lines to it drop
 RECONNECT = 1.0  # seconds
 
@@ -40,14 +41,23 @@ class Relay:
         self.path, self.node, self.newer = path, node, newer
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._claims: list[str] = []  # this turn's lines
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     def claim(self, tunnel: Tunnel) -> None:
+        """Tell the others, with the claims of this turn of the event loop: one write."""
+        if self._writer is None:
+            return
+        if not self._claims:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._claims.append(json.dumps([tunnel.device, tunnel.vrf, self.node, tunnel.since]))
+
+    def _send(self) -> None:
+        claims, self._claims = self._claims, []
         if self._writer is not None and not self._writer.is_closing():
-            line = [tunnel.device, tunnel.vrf, self.node, tunnel.since]
-            self._writer.write(json.dumps(line).encode() + b"\n")
+            self._writer.write(("\n".join(claims) + "\n").encode())
 
     def drop(self, tunnel: Tunnel) -> None:
         """Nothing to tell: a tunnel that ended replaces no other."""
@@ -98,15 +108,21 @@ class Hub:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._workers.add(writer)
+        rest = b""  # a line not whole yet
         try:
-            with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
-                while line := await reader.readline():
-                    self._pass(line, writer)
+            with contextlib.suppress(OSError):
+                while chunk := await reader.read(CHUNK):  # a storm's claims pass on in a
+                    lines, newline, rest = (rest + chunk).rpartition(b"\n")  # few writes
+                    if newline:
+                        self._pass(lines + newline, writer)
+                    if len(rest) > MAX_LINE:
+                        log.warning("a line too long on the workers' relay; its sender is cut off")
+                        break
         finally:
             self._workers.discard(writer)
             writer.close()
 
-    def _pass(self, line: bytes, sender: asyncio.StreamWriter) -> None:
+    def _pass(self, lines: bytes, sender: asyncio.StreamWriter) -> None:
         for worker in self._workers:
             if worker is sender or worker.is_closing():
                 continue
@@ -118,4 +134,4 @@ class Hub:
                         dropped=self.dropped,
                     )
                 continue
-            worker.write(line)
+            worker.write(lines)

@@ -25,8 +25,12 @@ async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: P
         await wait_until(lambda: all(r._writer is not None for r in relays))
         await asyncio.sleep(0.05)  # the hub has taken every connection in
         relays[0].claim(Tunnel("SN-1", "main-vrf", "session-1", 1700000000.5))
-        await wait_until(lambda: heard["w2"] and heard["w3"])
-        assert heard["w2"] == [("SN-1", "main-vrf", "srv-w1", 1700000000.5)]
+        relays[0].claim(Tunnel("SN-2", "voice", "session-2", 1700000000.75))  # one write
+        await wait_until(lambda: len(heard["w2"]) == 2 and len(heard["w3"]) == 2)
+        assert heard["w2"] == [
+            ("SN-1", "main-vrf", "srv-w1", 1700000000.5),
+            ("SN-2", "voice", "srv-w1", 1700000000.75),
+        ]
         assert heard["w3"] == heard["w2"]
         await asyncio.sleep(0.05)
         assert heard["w1"] == []
