@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@process.quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "config", False) is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import resource
@@ -10,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -18,6 +19,7 @@ from overlay.exceptions import OverlayError
 
 FULL_COLLECTION_EVERY = 100  # middle-generation passes per full one; CPython's default is 10
 Main = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+Command = TypeVar("Command", bound=Callable[..., int])  # a command-line entry point
 
 
 def run(main: Main) -> int:
@@ -109,3 +111,21 @@ def fail(message: str, code: int = 1) -> int:
     """Print one line to stderr and return the exit code."""
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def quiet_pipe(main: Command) -> Command:
+    """A command whose reader went away (``overlay status | head``) ends quietly, with the
+    code of a tool killed by SIGPIPE, instead of a traceback."""
+
+    @functools.wraps(main)
+    def command(*args: Any) -> int:
+        try:
+            code = main(*args)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            # what is still buffered would fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
+
+    return cast(Command, command)

@@ -185,6 +185,7 @@ def serve(path: Path, worker: int) -> int:
     return process.run(lambda stop: serve(config, stop))
 
 
+@process.quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "config", False) is None:
