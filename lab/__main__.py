@@ -3,7 +3,7 @@
 scripts/lab up [--devices N] [--servers M] [--workers W]
                                  build the lab and start M servers (default 1) of W
                                  workers each (default 1) and N devices (default 2); with
-                                 M > 1 or W > 1 the servers share PostgreSQL (ovl-db)
+                                 M > 1 the servers share PostgreSQL (ovl-db)
 scripts/lab down                 stop and remove everything the lab made
 scripts/lab status [--json]      the servers and each device's tunnel
 scripts/lab demo [--devices N] [--servers M] [--workers W]

@@ -179,12 +179,13 @@ class Lab:
 
     @property
     def workers(self) -> int:
-        """Each server's listen.workers (--workers; more than 1 needs the fleet's store)."""
+        """Each server's listen.workers (--workers), on its own SQLite store, or on the
+        fleet's with --servers."""
         return self._state("workers", 1)
 
     @property
     def shared_store(self) -> bool:
-        return len(self.servers()) > 1 or self.workers > 1
+        return len(self.servers()) > 1
 
     def server(self, name: str) -> Server:
         """The node named ``name`` (``server`` is node 1); ValueError naming the choices."""

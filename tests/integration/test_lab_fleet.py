@@ -79,9 +79,10 @@ def test_a_fleet_lab_keeps_a_device_address_across_a_failover() -> None:
 
 def test_the_demo_passes_with_two_workers_and_a_killed_server_comes_back() -> None:
     """``scripts/lab demo --workers 2``: every check of the lab contract passes with the
-    server's tunnels spread over two workers; ``scripts/lab kill server`` kills every
-    worker with the supervisor, and the devices come back with their addresses."""
-    directory = Path(f"/tmp/ovl-test-workers-lab-{os.getpid()}")  # postgres must enter it
+    server's tunnels spread over two workers on its SQLite store; ``scripts/lab kill
+    server`` kills every worker with the supervisor, and the devices come back with their
+    addresses."""
+    directory = Path(f"/tmp/ovl-test-workers-lab-{os.getpid()}")
     try:
         demo = lab_cli(directory, "demo", "--workers", "2", timeout=600)
         assert demo.returncode == 0, demo.stdout + demo.stderr
