@@ -8,6 +8,7 @@ the installed ``overlay`` and ``appliance`` commands inside namespaces.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +26,9 @@ from overlay.status import server_status as as_server_status
 
 BIN = Path(sys.executable).parent
 USERNAME = "VPN"
+# Every server deployed here (tests, lab, bench) runs as this many workers when set and
+# its listen lines do not say: the whole suite runs with workers on (docs/development.md).
+WORKERS = os.environ.get("OVERLAY_TEST_WORKERS")
 
 
 def pki(directory: Path, names: list[str]) -> Path:
@@ -60,6 +64,8 @@ def server_config(
     ``overlay`` and ``listen`` add lines to those tables (``"mtu = 9000"``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "server.toml"
+    if WORKERS and "workers" not in listen:
+        listen += f"\nworkers = {int(WORKERS)}"
     path.write_text(f"""\
 [listen]
 host = "{host}"
