@@ -10,6 +10,7 @@ server with its own TUN (``ovl0w1``…), its own name in the fleet
 - the rule that a (device, VRF) has one live tunnel: through the supervisor's
   relay with SQLite (:mod:`overlay.server.relay`), and between workers as
   between the nodes of a fleet with PostgreSQL (:mod:`overlay.server.fleet`);
+- the count of failed logins per source address, through the relay;
 - the overlay address on every TUN, and a /32 route per tunnel through the TUN
   of the worker that holds it, so that the kernel sends a device's packets to
   that worker.
@@ -43,7 +44,11 @@ from aiohttp import web
 from overlay import control, pcap, systemd
 from overlay.exceptions import ControlError, OverlayError, WorkerError
 from overlay.server import admin, merge, nft, relay
+from overlay.server.app import refuse_weak_password
+from overlay.server.certificate import ServerCertificate
 from overlay.server.config import ServerConfig
+from overlay.server.qoe import ReportStore
+from overlay.server.store import open_store
 from overlay.status import CertificateStatus, ServerStatus, WorkerStatus, server_status
 
 log = structlog.get_logger("overlay.server")
@@ -104,9 +109,10 @@ class Supervisor:
             Worker(worker_config(config, number)) for number in range(1, config.workers + 1)
         ]
         self.refusals: Counter[str] = Counter()  # the admin listener's
-        self.hub = relay.Hub()  # with the SQLite store: the workers' claims, each to the others
+        self.hub = relay.Hub()  # what a worker tells, to the others
         self.started = time.time()
         self.stopping = False
+        self._reloading: set[asyncio.Task[None]] = set()
 
     async def start(self, worker: Worker) -> None:
         env = dict(os.environ)
@@ -237,10 +243,15 @@ class Supervisor:
 
         return act
 
-    def command(self, name: str) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    def command(
+        self,
+        name: str,
+        merged: Callable[[list[dict[str, Any]]], dict[str, Any]] = lambda answers: answers[0],
+    ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
         """A command every worker does (the rules, a reload), one after the other: a
         command the first refuses goes no further, and two workers never save the rules
-        at once. The first's answer stands for all: they share what it changes."""
+        at once. Their answers are ``merged``; by default the first's stands for all: they
+        share what it changes."""
 
         async def run(body: dict[str, Any]) -> dict[str, Any]:
             answers: list[dict[str, Any]] = []
@@ -251,7 +262,7 @@ class Supervisor:
                     log.warning("a worker did not answer", worker=worker.number, error=str(exc))
             if not answers:
                 raise WorkerError("no worker answers: they are starting again; try in a moment")
-            return answers[0]
+            return merged(answers)
 
         return run
 
@@ -262,6 +273,21 @@ class Supervisor:
     async def reload(self) -> CertificateStatus:
         result: dict[str, Any] = await self.command("reload")({})
         return result  # type: ignore[return-value]
+
+    def hangup(self) -> None:
+        """SIGHUP: every worker reloads the certificate, one after the other, and systemd
+        hears of the reload from the supervisor, the process it knows."""
+        task = asyncio.create_task(self._reload_all())
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
+
+    async def _reload_all(self) -> None:
+        systemd.notify("RELOADING=1")
+        try:
+            await self.reload()
+        except OverlayError as exc:
+            log.error("reload failed", error=str(exc))
+        systemd.notify("READY=1")
 
     async def capture(self, request: web.Request) -> web.StreamResponse:
         """One pcap stream of what every worker forwards for the device: their records as
@@ -323,18 +349,31 @@ async def pump(stream: aiohttp.ClientResponse, records: asyncio.Queue[bytes | No
     await records.put(None)
 
 
+async def prepare(config: ServerConfig) -> None:
+    """Check once what every worker would refuse (the certificate, a well-known password, the
+    store) and create the stores' files and schema, before any worker starts: one line for
+    the operator, not one per worker, and no two workers creating one SQLite file at once
+    (which SQLite refuses: ``database is locked``)."""
+    ServerCertificate(config)
+    await refuse_weak_password(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(config)
+    await store.close()
+    if config.qoe_port is not None:
+        ReportStore(config.qoe_file).close()
+
+
 async def supervise(config: ServerConfig, config_path: Path, stop: asyncio.Event) -> None:
     """Run ``config.workers`` workers until ``stop`` is set, then stop them all."""
+    await prepare(config)
     supervisor = Supervisor(config, config_path)
     async with contextlib.AsyncExitStack() as stack:
         if config.lan.translates:  # one table for every worker's TUN (ovl0w1, ovl0w2…)
             await nft.install(config.lan, f"{config.tun_name}w*", config.address)
             stack.push_async_callback(nft.remove)
-        if config.store_url is None:  # the SQLite store: the supervisor relays claims
-            config.state_dir.mkdir(parents=True, exist_ok=True)
-            relaying = await supervisor.hub.start(config.relay_socket)
-            stack.callback(config.relay_socket.unlink, missing_ok=True)
-            stack.callback(relaying.close)
+        relaying = await supervisor.hub.start(config.relay_socket)  # what workers tell
+        stack.callback(config.relay_socket.unlink, missing_ok=True)
+        stack.callback(relaying.close)
         stack.push_async_callback(supervisor.stop)
         for worker in supervisor.workers:
             await supervisor.start(worker)
@@ -349,7 +388,7 @@ async def supervise(config: ServerConfig, config_path: Path, stop: asyncio.Event
             actions,
             {"capture": supervisor.capture},
             {
-                "rules": supervisor.command("rules"),
+                "rules": supervisor.command("rules", merge.rules),
                 "flows": supervisor.flows,
                 "reload": supervisor.command("reload"),
             },
@@ -364,9 +403,7 @@ async def supervise(config: ServerConfig, config_path: Path, stop: asyncio.Event
                 supervisor.reload,
             )
             stack.push_async_callback(admin_runner.cleanup)
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, supervisor.signal, signal.SIGHUP
-        )
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.hangup)
         log.info(
             "workers listening",
             listen=f"{config.host}:{config.port}",
