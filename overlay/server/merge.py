@@ -146,3 +146,14 @@ def flows(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "device": results[0]["device"],
         "flows": [flow for r in results for flow in r["flows"]],
     }
+
+
+def rules(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``overlay rule …`` as every worker did it: the rules are shared, each rule's hits are
+    the sum of every worker's."""
+    hits: Counter[int] = Counter()
+    for result in results:
+        for rule in result["rules"]:
+            hits[rule["number"]] += rule["hits"]
+    first = results[0]
+    return {**first, "rules": [{**rule, "hits": hits[rule["number"]]} for rule in first["rules"]]}

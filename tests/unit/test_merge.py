@@ -112,3 +112,19 @@ def test_an_unbind_done_by_every_worker_reads_as_one() -> None:
     }
     unbound = [{"device": "a", "closed": 2, "released": []}]  # unbind, not remove
     assert merge.unbind(unbound) == {"device": "a", "closed": 2, "released": []}
+
+
+def test_a_rule_listing_adds_every_workers_hits() -> None:
+    """The device whose packets a rule let through is on one worker; ``overlay rule list``
+    asked the first (it showed 0 hits for the rule just used)."""
+    source = "/var/lib/overlay/firewall-rules.json"
+    answers = [
+        {"rules": [{"number": 10, "action": "allow", "hits": 0}, {"number": 15, "hits": 0}],
+         "source": source},
+        {"rules": [{"number": 10, "action": "allow", "hits": 4}, {"number": 15, "hits": 2}],
+         "source": source},
+    ]  # fmt: skip
+    assert merge.rules(answers) == {
+        "rules": [{"number": 10, "action": "allow", "hits": 4}, {"number": 15, "hits": 2}],
+        "source": source,
+    }
