@@ -100,14 +100,18 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
             await fleet.start()
             stack.push_async_callback(fleet.close)  # after the sessions' close: rows go last
             node.claims = fleet
-        elif config.worker:  # workers on the SQLite store: their supervisor relays claims
-            relay = Relay(config.relay_socket, config.node, node.newer_elsewhere)
-            relay.start()
-            stack.push_async_callback(relay.close)
-            node.claims = relay
         # TCP keepalive comes from the listener (listen_for_tunnels), not per connection
         endpoint = Endpoint(node)
         stack.callback(endpoint.close)
+        if config.worker:  # what the other workers must hear: failed logins, tunnels
+            relay = Relay(
+                config.relay_socket, config.node, node.newer_elsewhere, endpoint.failed_elsewhere
+            )
+            relay.start()
+            stack.push_async_callback(relay.close)
+            endpoint.relay = relay
+            if node.claims is None:  # the SQLite store: tunnels go through the relay too
+                node.claims = relay
         runner = web.AppRunner(
             endpoint.app(), access_log=None, handle_signals=False, tcp_keepalive=False
         )

@@ -45,6 +45,7 @@ from overlay.server.handshake import Refusal, TunnelRequest, check_request
 from overlay.server.node import Node
 from overlay.server.ratelimit import FailureLimiter
 from overlay.server.registry import Enrollment
+from overlay.server.relay import Relay
 from overlay.server.sessions import ServerSession
 
 SECURE_HEADERS = {
@@ -103,6 +104,7 @@ class Endpoint:
         self._turns: dict[str, _Turn] = {}  # one check at a time per source
         self._takeovers: dict[tuple[str, str], TokenBucket] = {}
         self._logged: dict[str, tuple[float, int]] = {}  # by reason: last line, refusals since
+        self.relay: Relay | None = None  # a worker's: the others hear of each failed login
 
     def close(self) -> None:
         self._scrypt.shutdown(wait=False, cancel_futures=True)
@@ -227,11 +229,18 @@ class Endpoint:
         )
 
     def _failed(self, source: str, now: float) -> None:
+        if self.relay is not None:
+            self.relay.failed(source)
         if self.limiter.failed(source, now):
             log.warning(
                 "address locked out after failed logins", peer=source, lockout=self.config.lockout
             )
             self.limiter.forget_old(now)
+
+    def failed_elsewhere(self, source: str) -> None:
+        """Another worker of this server refused ``source``'s credentials: count it here too."""
+        if self.limiter.failed(source, time.monotonic()):
+            self.limiter.forget_old(time.monotonic())
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         node, source, now = self.node, request.remote or "?", time.monotonic()

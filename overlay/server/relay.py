@@ -1,17 +1,23 @@
-"""The one-live-tunnel rule between the workers of one server, without a database server.
+"""What the workers of one server tell each other, through their supervisor.
 
-Workers that share the SQLite store (``listen.workers`` without ``[store]
-url``) have no LISTEN/NOTIFY to tell each other of a new tunnel, so their
-supervisor relays it: each worker sends every tunnel it opens, as a line
-``[device, vrf, node, since]``, to the supervisor's relay socket
-(``state/relay.sock``); the supervisor passes the line to every other worker,
-and the one holding an older tunnel of that (device, VRF) closes it with 4001
-(:meth:`Node.newer_elsewhere`), as a node does for a newer tunnel elsewhere
-in a fleet.
+Each worker connects to the supervisor's relay socket (``state/relay.sock``)
+and sends it lines; the supervisor passes each line to every other worker.
+Two kinds:
+
+- ``["failed", source]``: a failed login from ``source``. Every worker counts
+  it, so that ``auth.max_failures`` locks a guesser out after that many
+  guesses in all, not that many per worker (the kernel spreads a guesser's
+  connections over the workers).
+- ``["tunnel", device, vrf, node, since]``: a tunnel a worker opened, on the
+  SQLite store (PostgreSQL's workers hear of each other's tunnels as the nodes
+  of a fleet do, :mod:`overlay.server.fleet`). The worker holding an older
+  tunnel of that (device, VRF) closes it with 4001
+  (:meth:`Node.newer_elsewhere`).
 
 Unbind and remove need no relay: the supervisor sends them to every worker.
-A worker whose relay connection breaks connects again after a second; the
-claims it missed meanwhile only leave an old tunnel to its keepalive.
+A worker whose relay connection breaks connects again after a second; what
+it missed meanwhile leaves an old tunnel to its keepalive, and a guesser a
+few more guesses.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from overlay.server.fleet import Newer, Tunnel
+
+Failed = Callable[[str], None]  # a failed login from this source, on another worker
 
 log = structlog.get_logger("overlay.server")
 
@@ -35,32 +44,38 @@ RECONNECT = 1.0  # seconds
 
 
 class Relay:
-    """A worker's end: sends its claims, hears the others'."""
+    """A worker's end: sends what happens here, hears what happens on the others."""
 
-    def __init__(self, path: Path, node: str, newer: Newer) -> None:
-        self.path, self.node, self.newer = path, node, newer
+    def __init__(self, path: Path, node: str, newer: Newer, failed: Failed) -> None:
+        self.path, self.node, self.newer, self.failed_elsewhere = path, node, newer, failed
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._claims: list[str] = []  # this turn's lines
+        self._lines: list[str] = []  # this turn's
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     def claim(self, tunnel: Tunnel) -> None:
-        """Tell the others, with the claims of this turn of the event loop: one write."""
-        if self._writer is None:
-            return
-        if not self._claims:
-            asyncio.get_running_loop().call_soon(self._send)
-        self._claims.append(json.dumps([tunnel.device, tunnel.vrf, self.node, tunnel.since]))
-
-    def _send(self) -> None:
-        claims, self._claims = self._claims, []
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(("\n".join(claims) + "\n").encode())
+        self._tell(["tunnel", tunnel.device, tunnel.vrf, self.node, tunnel.since])
 
     def drop(self, tunnel: Tunnel) -> None:
         """Nothing to tell: a tunnel that ended replaces no other."""
+
+    def failed(self, source: str) -> None:
+        self._tell(["failed", source])
+
+    def _tell(self, line: list[object]) -> None:
+        """Send ``line`` with the others of this turn of the event loop: one write."""
+        if self._writer is None:
+            return
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._lines.append(json.dumps(line))
+
+    def _send(self) -> None:
+        lines, self._lines = self._lines, []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(("\n".join(lines) + "\n").encode())
 
     async def _run(self) -> None:
         while True:
@@ -75,8 +90,15 @@ class Relay:
 
     def _heard(self, line: bytes) -> None:
         try:
-            device, vrf, node, since = json.loads(line)
-            self.newer(str(device), str(vrf), str(node), float(since))
+            kind, *fields = json.loads(line)
+            if kind == "tunnel":
+                device, vrf, node, since = fields
+                self.newer(str(device), str(vrf), str(node), float(since))
+            elif kind == "failed":
+                (source,) = fields
+                self.failed_elsewhere(str(source))
+            else:
+                raise ValueError(kind)
         except (ValueError, TypeError):
             log.warning("a malformed line on the workers' relay", line=line[:100])
 

@@ -1,5 +1,4 @@
-"""The workers' relay (SQLite store): a tunnel one worker opens reaches the others, whose
-older tunnel of that (device, VRF) then closes."""
+"""The workers' relay: a tunnel one worker opens, and a failed login, reach the others."""
 
 from __future__ import annotations
 
@@ -16,7 +15,12 @@ async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: P
     server = await Hub().start(path)
     heard: dict[str, list[tuple[str, str, str, float]]] = {"w1": [], "w2": [], "w3": []}
     relays = [
-        Relay(path, f"srv-{name}", lambda *claim, name=name: heard[name].append(claim))
+        Relay(
+            path,
+            f"srv-{name}",
+            lambda *claim, name=name: heard[name].append(claim),
+            lambda source, name=name: heard[name].append(("failed", source)),
+        )
         for name in heard
     ]
     for relay in relays:
@@ -26,10 +30,12 @@ async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: P
         await asyncio.sleep(0.05)  # the hub has taken every connection in
         relays[0].claim(Tunnel("SN-1", "main-vrf", "session-1", 1700000000.5))
         relays[0].claim(Tunnel("SN-2", "voice", "session-2", 1700000000.75))  # one write
-        await wait_until(lambda: len(heard["w2"]) == 2 and len(heard["w3"]) == 2)
+        relays[0].failed("198.18.0.66")
+        await wait_until(lambda: len(heard["w2"]) == 3 and len(heard["w3"]) == 3)
         assert heard["w2"] == [
             ("SN-1", "main-vrf", "srv-w1", 1700000000.5),
             ("SN-2", "voice", "srv-w1", 1700000000.75),
+            ("failed", "198.18.0.66"),
         ]
         assert heard["w3"] == heard["w2"]
         await asyncio.sleep(0.05)
@@ -44,8 +50,8 @@ async def test_a_worker_connects_again_when_the_relay_comes_back(tmp_path: Path)
     path = tmp_path / "relay.sock"
     heard: list[tuple[str, str, str, float]] = []
     first, second = (
-        Relay(path, "srv-w1", lambda *c: None),
-        Relay(path, "srv-w2", lambda *c: heard.append(c)),
+        Relay(path, "srv-w1", lambda *c: None, lambda s: None),
+        Relay(path, "srv-w2", lambda *c: heard.append(c), lambda s: None),
     )
     first.start()
     second.start()  # nothing listens yet: they try again each second
