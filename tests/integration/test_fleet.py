@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ import pytest
 
 from lab import deploy, netns
 from lab import postgres as pg
+from lab.bench.measure import tree
 from lab.bench.reconnect import Events
 from lab.deploy import BIN
 from tests.integration.conftest import PASSWORD, SERVER_IP, SRV, Overlay
@@ -22,6 +26,7 @@ from tests.integration.simulated import start_loadgen
 pytestmark = pytest.mark.netns
 
 NODE_B_IP = "198.18.0.2"
+NODE = r"regexp_replace(node, '-w[0-9]+$', '')"  # a row's node, without its worker's -wN
 GEN_IP = "198.18.0.99"
 
 
@@ -142,7 +147,7 @@ def test_a_newer_tunnel_on_another_node_closes_the_old_one(fleet: Fleet) -> None
     fleet.loadgen(SERVER_IP, 1, tag="a").wait("up", timeout=60)
     deploy.wait_for(
         "node a's tunnel row",
-        lambda: fleet.cluster.psql("SELECT node FROM tunnels", fleet.database) == "node-a",
+        lambda: fleet.cluster.psql(f"SELECT {NODE} FROM tunnels", fleet.database) == "node-a",
     )
     started = time.monotonic()
     fleet.loadgen(NODE_B_IP, 1, tag="b").wait("up", timeout=60)
@@ -155,7 +160,11 @@ def test_a_newer_tunnel_on_another_node_closes_the_old_one(fleet: Fleet) -> None
     assert fleet.addresses("a") == fleet.addresses("b")  # the address moved with the device
     events = log_events(fleet.overlay.root / "node-a" / "server.log")
     (taken,) = [e for e in events if e["event"] == "tunnel taken over on another node"]
-    assert (taken["device"], taken["by"], taken["node"]) == ("SIM-00000", "node-b", "node-a")
+    assert (taken["device"], node_of(taken["by"]), node_of(taken["node"])) == (
+        "SIM-00000",
+        "node-b",
+        "node-a",
+    )
 
 
 def test_the_fleet_rides_out_a_store_outage(fleet: Fleet) -> None:
@@ -190,11 +199,23 @@ def test_the_fleet_rides_out_a_store_outage(fleet: Fleet) -> None:
         lambda: fleet.cluster.psql("SELECT count(*) FROM tunnels", fleet.database) == "60",
         timeout=20,
     )
-    events = [e["event"] for e in log_events(fleet.overlay.root / "node-a" / "server.log")]
-    assert [e for e in events if e.startswith("the store")] == [
-        "the store is unavailable: known devices are admitted, new ones refused",
-        "the store is back",
-    ]
+    said: dict[str, list[str]] = {}  # by the process that said it (each worker, with workers)
+    for e in log_events(fleet.overlay.root / "node-a" / "server.log"):
+        if e["event"].startswith("the store"):
+            said.setdefault(e["node"], []).append(e["event"])
+    assert said and all(
+        events
+        == [
+            "the store is unavailable: known devices are admitted, new ones refused",
+            "the store is back",
+        ]
+        for events in said.values()
+    ), said
+
+
+def node_of(name: str) -> str:
+    """The node a worker (``node-a-w1``, with OVERLAY_TEST_WORKERS) belongs to."""
+    return re.sub(r"-w[0-9]+$", "", name)
 
 
 def log_events(path: Path) -> list[dict]:
@@ -214,9 +235,14 @@ def test_a_device_removed_on_one_node_loses_its_tunnel_on_another(fleet: Fleet) 
     # node b's status shows where the fleet's tunnels are, from the store
     status = netns.run(SRV, [overlay, "status", "--json", "--config", config_b])
     (tunnel,) = json.loads(status.stdout)["fleet"]
-    assert (tunnel["device"], tunnel["vrf"], tunnel["node"]) == ("SIM-00000", "default", "node-a")
+    assert (tunnel["device"], tunnel["vrf"], node_of(tunnel["node"])) == (
+        "SIM-00000",
+        "default",
+        "node-a",
+    )
     text = netns.run(SRV, [overlay, "status", "SIM-00000", "--config", config_b]).stdout
-    assert "fleet: 1 tunnels; node-a 1" in text and "  default on node-a since " in text
+    held = tunnel["node"]  # node-a, or the worker of node a that holds it
+    assert f"fleet: 1 tunnels; {held} 1" in text and f"  default on {held} since " in text
     removed = fleet.overlay.run(SRV, overlay, "device", "remove", "SIM-00000", "--config", config_b)
     assert removed.returncode == 0, removed.stderr
     deploy.wait_for(
@@ -235,12 +261,13 @@ def test_a_stopped_node_removes_its_tunnel_rows_and_a_dead_one_has_them_expire(
     fleet.loadgen(NODE_B_IP, 1, first=1, tag="b").wait("up", timeout=60)
 
     def rows() -> str:
-        return fleet.cluster.psql("SELECT node FROM tunnels ORDER BY node", fleet.database)
+        return fleet.cluster.psql(f"SELECT DISTINCT {NODE} FROM tunnels ORDER BY 1", fleet.database)
 
     deploy.wait_for("both tunnels recorded", lambda: rows() == "node-a\nnode-b")
     netns.stop(fleet.servers.pop("node-a"), timeout=10)  # SIGTERM: a clean stop
     assert rows() == "node-b"
-    fleet.servers["node-b"].kill()  # dies: its rows stay until they expire (tunnel_ttl 6 s)
+    for pid in tree(fleet.servers["node-b"].pid):  # dies (and its workers with it, if any):
+        os.kill(pid, signal.SIGKILL)  # its rows stay until they expire (tunnel_ttl 6 s)
     fleet.servers.pop("node-b").wait(timeout=10)
     assert rows() == "node-b"
     fleet.start_node("node-a", SRV, SERVER_IP, fleet.url)  # any live node expires them
