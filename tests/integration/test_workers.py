@@ -131,15 +131,16 @@ def test_two_workers_serve_one_port_one_store_and_route_each_tunnel_to_its_worke
         part = deploy.server_status(state / f"worker-{number}.sock")
         assert part is not None and part["firewall"]["rules"] == status["firewall"]["rules"] + 1
 
+    # a newer tunnel of dev1 on another worker, as the relay tells it: dev1's closes (4001)
     relay = state / "relay.sock"
-    if relay.exists():  # SQLite: a newer tunnel on another worker, as the relay tells it
-        assert relay.stat().st_mode & 0o777 == 0o600
-        vrf = next(s["vrf"] for s in overlay.server_status()["sessions"] if s["device"] == "dev1")
-        with socket.socket(socket.AF_UNIX) as told:
-            told.connect(str(relay))
-            told.sendall(json.dumps(["dev1", vrf, "srv-w9", time.time() + 60]).encode() + b"\n")
-            deploy.wait_for("dev1 closed for the newer", lambda: "dev1" not in held(overlay))
-        assert "replaced by a newer session" in device.log.read_text()
+    assert relay.stat().st_mode & 0o777 == 0o600  # a line there closes a tunnel
+    vrf = next(s["vrf"] for s in overlay.server_status()["sessions"] if s["device"] == "dev1")
+    newer = ["tunnel", "dev1", vrf, "srv-w9", time.time() + 60]
+    with socket.socket(socket.AF_UNIX) as told:
+        told.connect(str(relay))
+        told.sendall(json.dumps(newer).encode() + b"\n")
+        deploy.wait_for("dev1 closed for the newer", lambda: "dev1" not in held(overlay))
+    assert "replaced by a newer session" in device.log.read_text()
 
     # SIGHUP reaches every worker: each reloads the certificate
     assert overlay.server is not None
