@@ -37,6 +37,7 @@ class SessionStatus(Traffic):
     idle: float
     offload: bool
     flows: int
+    # and "worker", its worker's number, in a supervisor's status (listen.workers > 1)
 
 
 class StoreStatus(TypedDict):

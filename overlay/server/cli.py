@@ -29,9 +29,9 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 
@@ -56,7 +56,7 @@ from overlay.server.rulebook import Rulebook
 from overlay.server.rules import DIRECTIONS, PROTOCOLS, SPEC_KEYS, STEP
 from overlay.server.sip import MODES as SIP_MODES
 from overlay.server.store import Store, open_store
-from overlay.status import FleetTunnel, FlowStatus, ServerStatus, server_status
+from overlay.status import FleetTunnel, FlowStatus, ServerStatus, SessionStatus, server_status
 from overlay.text import counts, duration
 
 T = TypeVar("T")
@@ -760,6 +760,12 @@ def only_device(data: ServerStatus, device: str) -> ServerStatus:
     }
 
 
+def worker_of(session: SessionStatus) -> str:
+    """"  w2" after a session worker 2 holds (its packets cross ovl0w2); "" for one server."""
+    worker = cast(Mapping[str, Any], session).get("worker")
+    return "" if worker is None else f"  w{worker}"
+
+
 def format_status(data: ServerStatus) -> str:
     """The operator's view: one row per session, then totals."""
     server = data["server"]
@@ -777,7 +783,7 @@ def format_status(data: ServerStatus) -> str:
         lines.append(
             f"{s['device']:<18} {s['vrf']:<10} {s['address']:<15} {s['peer']:<15} "
             f"{duration(now - s['since']):>7} {s['rx_bytes']:>11}/{s['rx_packets']:<5} "
-            f"{s['tx_bytes']:>11}/{s['tx_packets']:<5} {drops:>5} {s['idle']:>4.0f}s"
+            f"{s['tx_bytes']:>11}/{s['tx_packets']:<5} {drops:>5} {s['idle']:>4.0f}s" + worker_of(s)
         )
     lines.append("")
     lines.append(

@@ -9,26 +9,29 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from overlay.status import (
     FirewallStatus,
     LeaseStatus,
     NodeStatus,
     ServerStatus,
+    SessionStatus,
     Traffic,
     WorkerStatus,
 )
 
 
 def status(
-    parts: Sequence[ServerStatus],
+    answers: Mapping[int, ServerStatus],
     node: str,
     started: float,
     refusals: Mapping[str, int],
     workers: list[WorkerStatus],
 ) -> ServerStatus:
-    """One status of the server ``node`` from its running workers' (at least one)."""
+    """One status of the server ``node`` from its running workers' (at least one), by
+    worker number; each session says which worker holds it."""
+    parts = list(answers.values())
     first = parts[0]
     servers = [part["server"] for part in parts]
     leases = union_of_leases(part["leases"] for part in parts)
@@ -59,7 +62,7 @@ def status(
     return {
         "server": server,
         "sessions": sorted(
-            (s for part in parts for s in part["sessions"]),
+            (held_by(s, number) for number, part in answers.items() for s in part["sessions"]),
             key=lambda s: _address_key(s["address"]),
         ),
         "leases": leases,
@@ -71,6 +74,11 @@ def status(
         "certificate": first["certificate"],
         "workers": workers,
     }
+
+
+def held_by(session: SessionStatus, number: int) -> SessionStatus:
+    """``session``, saying which worker holds it (whose TUN carries its packets)."""
+    return cast(SessionStatus, {**session, "worker": number})
 
 
 def union_of_leases(views: Iterable[list[LeaseStatus]]) -> list[LeaseStatus]:

@@ -232,9 +232,7 @@ class Supervisor:
             }
             for w in self.workers
         ]
-        return merge.status(
-            list(parts.values()), self.config.node, self.started, self.refusals, workers
-        )
+        return merge.status(parts, self.config.node, self.started, self.refusals, workers)
 
     def action(self, name: str) -> Callable[[str], Awaitable[dict[str, Any]]]:
         async def act(device: str) -> dict[str, Any]:

@@ -92,6 +92,10 @@ def test_two_workers_serve_one_port_one_store_and_route_each_tunnel_to_its_worke
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     assert f"workers: 1 pid {workers[0]['pid']} {workers[0]['sessions']} tunnels, 2 pid" in shown
+    # each session row says whose TUN carries it
+    dev1 = next(s for s in status["sessions"] if s["device"] == "dev1")
+    row = next(line for line in shown.splitlines() if line.startswith("dev1 "))
+    assert row.endswith(f"  w{dev1['worker']}")
 
     # the management side reaches the device through its worker's TUN, and back
     address = held(overlay)["dev1"]

@@ -76,7 +76,7 @@ def test_two_workers_read_as_one_server() -> None:
          "sessions": 1, "restarts": 2 - n}
         for n in (1, 2)
     ]  # fmt: skip
-    status = merge.status([one, two], "srv", 5.0, {"admin-token": 4}, workers)
+    status = merge.status({1: one, 2: two}, "srv", 5.0, {"admin-token": 4}, workers)
     server = status["server"]
     assert (server["node"], server["tun"], server["started"]) == ("srv", "ovl0w1,ovl0w2", 5.0)
     assert (server["pending"], server["handshakes"], server["taken_over"]) == (3, 30, 3)
@@ -86,7 +86,11 @@ def test_two_workers_read_as_one_server() -> None:
     # every lease once, in address order (not as strings: .9 before .10 before .100)
     assert [lease["device"] for lease in status["leases"]] == ["a", "b", "c"]
     assert server["leases"] == 3
-    assert [s["device"] for s in status["sessions"]] == ["a", "b", "c"]
+    assert [(s["device"], s["worker"]) for s in status["sessions"]] == [
+        ("a", 2),
+        ("b", 1),
+        ("c", 2),
+    ]
     assert status["refusals"] == {"bad-password": 3, "admin-token": 4}
     assert status["totals"]["rx_packets"] == 3 and status["totals"]["drops"] == {"policy": 3}
     assert status["qoe"] == {"stored": 3}
