@@ -29,14 +29,16 @@ GEN_IP = "198.18.0.99"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def served(overlay: Overlay, request: pytest.FixtureRequest) -> Iterator[Overlay]:
+def served(
+    overlay: Overlay, postgres: pg.Cluster, request: pytest.FixtureRequest
+) -> Iterator[Overlay]:
     """The test's server with two workers sharing its state directory's SQLite files, or a
-    database of its own."""
+    database of its own. (The session's cluster is asked for by both: asked for by the
+    one alone, through getfixturevalue, it was gone when a later test wanted it.)"""
     store = '[node]\nname = "srv"\n'
     if request.param == "postgresql":
-        cluster: pg.Cluster = request.getfixturevalue("postgres")
         url = request.getfixturevalue("postgres_url")
-        store += f'[store]\nurl = "{url}"\npassword_file = "{cluster.password_file}"\n'
+        store += f'[store]\nurl = "{url}"\npassword_file = "{postgres.password_file}"\n'
 
     overlay.server_config = deploy.server_config(
         overlay.root / "server",
