@@ -761,7 +761,7 @@ def only_device(data: ServerStatus, device: str) -> ServerStatus:
 
 
 def worker_of(session: SessionStatus) -> str:
-    """"  w2" after a session worker 2 holds (its packets cross ovl0w2); "" for one server."""
+    """ "  w2" after a session worker 2 holds (its packets cross ovl0w2); "" for one server."""
     worker = cast(Mapping[str, Any], session).get("worker")
     return "" if worker is None else f"  w{worker}"
 
