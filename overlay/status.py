@@ -67,6 +67,9 @@ class NodeStatus(TypedDict):
     routes: RoutesStatus | None  # None: overlay.routes is off
     bird: BirdStatus | None  # None: no [bgp]
     lan: LanStatus | None  # None: no [lan] or [[service]]
+    # a supervisor's (listen.workers > 1): lines of the workers' relay it could not pass to
+    # a worker that had stopped reading
+    relay_dropped: NotRequired[int]
 
 
 class BirdStatus(TypedDict):

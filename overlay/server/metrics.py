@@ -80,6 +80,13 @@ class StatusCollector(Collector):
             for worker in workers:
                 restarts.add_metric([str(worker["number"])], worker["restarts"])
             yield restarts
+        if "relay_dropped" in server:
+            yield CounterMetricFamily(
+                "overlay_relay_dropped",
+                "Lines of the workers' relay (new tunnels, failed logins) the supervisor did "
+                "not pass to a worker that had stopped reading.",
+                value=server["relay_dropped"],
+            )
         routes = server["routes"]
         if routes is not None:
             yield GaugeMetricFamily(

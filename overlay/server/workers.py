@@ -232,7 +232,9 @@ class Supervisor:
             }
             for w in self.workers
         ]
-        return merge.status(parts, self.config.node, self.started, self.refusals, workers)
+        merged = merge.status(parts, self.config.node, self.started, self.refusals, workers)
+        merged["server"]["relay_dropped"] = self.hub.dropped
+        return merged
 
     def action(self, name: str) -> Callable[[str], Awaitable[dict[str, Any]]]:
         async def act(device: str) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from overlay.server import relay
 from overlay.server.fleet import Tunnel
 from overlay.server.relay import Hub, Relay
 from tests.middle.conftest import wait_until
@@ -23,8 +26,8 @@ async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: P
         )
         for name in heard
     ]
-    for relay in relays:
-        relay.start()
+    for each in relays:
+        each.start()
     try:
         await wait_until(lambda: all(r._writer is not None for r in relays))
         await asyncio.sleep(0.05)  # the hub has taken every connection in
@@ -41,8 +44,8 @@ async def test_a_claim_reaches_every_other_worker_and_not_its_sender(tmp_path: P
         await asyncio.sleep(0.05)
         assert heard["w1"] == []
     finally:
-        for relay in relays:
-            await relay.close()
+        for each in relays:
+            await each.close()
         server.close()
 
 
@@ -62,6 +65,32 @@ async def test_a_worker_connects_again_when_the_relay_comes_back(tmp_path: Path)
         first.claim(Tunnel("SN-2", "default", "session-2", 1700000001.0))
         await wait_until(lambda: heard)
         assert heard == [("SN-2", "default", "srv-w1", 1700000001.0)]
+    finally:
+        await first.close()
+        await second.close()
+        server.close()
+
+
+async def test_lines_to_a_worker_that_stopped_reading_are_dropped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stuck worker must not grow the supervisor without bound."""
+    monkeypatch.setattr(relay, "MAX_BACKLOG", -1)  # whatever it owes is too much
+    path = tmp_path / "relay.sock"
+    hub = Hub()
+    server = await hub.start(path)
+    heard: list[tuple[str, str, str, float]] = []
+    first = Relay(path, "srv-w1", lambda *c: None, lambda s: None)
+    second = Relay(path, "srv-w2", lambda *c: heard.append(c), lambda s: None)
+    first.start()
+    second.start()
+    try:
+        await wait_until(lambda: first._writer is not None and second._writer is not None)
+        await asyncio.sleep(0.05)
+        first.claim(Tunnel("SN-1", "default", "session-1", 1700000000.0))
+        await wait_until(lambda: hub.dropped == 1)
+        await asyncio.sleep(0.05)
+        assert heard == []
     finally:
         await first.close()
         await second.close()

@@ -96,11 +96,14 @@ def test_two_workers_read_as_one_server() -> None:
     assert status["qoe"] == {"stored": 3}
     assert status["firewall"]["hits"] == [(1, "allow", 3), (2, "deny", 0)]
     assert status["firewall"]["flows"] == 3 and status["firewall"]["rules"] == 2
-    # and /metrics reads it as it reads one server's
+    # and /metrics reads it as it reads one server's, with the supervisor's own counts
+    assert "overlay_relay_dropped_total" not in metrics.exposition(status).decode()
+    status["server"]["relay_dropped"] = 7
     text = metrics.exposition(status).decode()
     assert "overlay_sessions 3.0" in text
     assert 'overlay_build_info{node="srv",version="1.0"} 1.0' in text
     assert 'overlay_worker_restarts_total{worker="1"} 1.0' in text
+    assert "overlay_relay_dropped_total 7.0" in text
 
 
 def test_an_unbind_done_by_every_worker_reads_as_one() -> None:
