@@ -239,6 +239,7 @@ class LeaseStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store lease in {self.path}: {exc}") from None
         self.table.add(lease)
+        self.table.last = lease.address  # the next search starts here, after a wrap too
         self._read = max(self._read, cursor.lastrowid or 0)
         return lease
 

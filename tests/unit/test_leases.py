@@ -42,6 +42,19 @@ async def test_exhausted_pool_keeps_existing_leases(tmp_path):
     assert len(store.table) == 1
 
 
+async def test_after_a_wrap_the_next_search_starts_at_the_lease_just_made(tmp_path):
+    """Not back at the top of the pool, to walk every taken address again each time."""
+    store = LeaseStore(tmp_path / "leases.sqlite", AddressPool.parse("169.254.1.1-169.254.1.4"))
+    for n in range(4):
+        await store.lease(f"SN-{n}", "default")
+    store.release("SN-0")
+    store.release("SN-2")
+    wrapped = await store.lease("SN-4", "default")
+    assert wrapped.address == ipaddress.IPv4Address("169.254.1.1")
+    assert store.table.last == wrapped.address
+    assert (await store.lease("SN-5", "default")).address == ipaddress.IPv4Address("169.254.1.3")
+
+
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     path = tmp_path / "leases.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
