@@ -117,7 +117,7 @@ class ServerConfig:
 
     @property
     def relay_socket(self) -> Path:
-        """Where workers on the SQLite store hear of each other's tunnels (relay.py)."""
+        """Where the workers tell each other of new tunnels and failed logins (relay.py)."""
         return self.state_dir / "relay.sock"
 
 

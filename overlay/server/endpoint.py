@@ -231,16 +231,21 @@ class Endpoint:
     def _failed(self, source: str, now: float) -> None:
         if self.relay is not None:
             self.relay.failed(source)
-        if self.limiter.failed(source, now):
+        if self._locks_out(source, now):
             log.warning(
                 "address locked out after failed logins", peer=source, lockout=self.config.lockout
             )
-            self.limiter.forget_old(now)
 
     def failed_elsewhere(self, source: str) -> None:
         """Another worker of this server refused ``source``'s credentials: count it here too."""
-        if self.limiter.failed(source, time.monotonic()):
-            self.limiter.forget_old(time.monotonic())
+        self._locks_out(source, time.monotonic())
+
+    def _locks_out(self, source: str, now: float) -> bool:
+        """Count a failure of ``source``; whether it locks the source out."""
+        locked = self.limiter.failed(source, now)
+        if locked:
+            self.limiter.forget_old(now)
+        return locked
 
     async def handle_tunnel(self, request: web.Request) -> web.StreamResponse:
         node, source, now = self.node, request.remote or "?", time.monotonic()

@@ -98,11 +98,8 @@ class Registry:
         if self.batch is None:
             self._execute(UPSERT, *row)
         else:
-            self.batch.later(self._db, lambda: self._upsert(row))
+            self.batch.later(self._db, lambda: self._execute(UPSERT, *row))
         return enrollment
-
-    def _upsert(self, row: tuple[object, ...]) -> None:
-        self._execute(UPSERT, *row)
 
     def remove(self, device: str) -> bool:
         if self.batch is not None:

@@ -98,12 +98,12 @@ class GroupCommit:
 
     def __init__(self, window: float = COMMIT_WINDOW) -> None:
         self.window = window
-        self._writes: dict[sqlite3.Connection, list[Callable[[], None]]] = {}
+        self._writes: dict[sqlite3.Connection, list[Callable[[], object]]] = {}
         self._undo: dict[sqlite3.Connection, list[Callable[[], None]]] = {}
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def later(self, db: sqlite3.Connection, write: Callable[[], None]) -> None:
+    def later(self, db: sqlite3.Connection, write: Callable[[], object]) -> None:
         """Run ``write`` (statements on ``db``) in the window's transaction on ``db``."""
         self._writes.setdefault(db, []).append(write)
         if self._done is None:
