@@ -47,8 +47,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event) -> None:
     spare_full_collections()
     certificate = ServerCertificate(config)  # refuses an expired or mismatched one first
     context = certificate.context
-    await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    await refuse_weak_password(config)
     rulebook = Rulebook(config.firewall, config.rules_file)
     async with contextlib.AsyncExitStack() as stack:
         store = await open_store(config)
@@ -205,7 +205,9 @@ async def refuse_weak_password(config: ServerConfig) -> None:
     """Never run with a vendor default like "123456", unless the operator insists, loudly."""
     if config.shared is None:
         return
-    weak = await asyncio.to_thread(config.shared.password_hash.well_known)
+    weak = await asyncio.to_thread(
+        config.shared.password_hash.well_known_unless_checked, config.password_checked_file
+    )
     if weak is None:
         return
     if not config.allow_weak_password:

@@ -10,11 +10,14 @@ then cost one HMAC each, while every wrong guess still pays full price.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from overlay.certs import replace
 from overlay.exceptions import ConfigError
 
 SCRYPT_LOG_N = 14
@@ -97,6 +100,22 @@ class PasswordHash:
     def well_known(self) -> str | None:
         """The well-known password this is a hash of, if any (a dozen scrypt runs)."""
         return next((p for p in WELL_KNOWN if self.matches(p)), None)
+
+    def well_known_unless_checked(self, checked: Path) -> str | None:
+        """As :meth:`well_known`, but its half a second of scrypt runs is skipped when
+        ``checked`` holds this hash's mark, written once they found nothing: a restart (and
+        each worker, after its supervisor) reaches its devices that much sooner. The mark
+        names the hash and the list together, so a new hash or a longer list is checked
+        again; a weak hash is never marked."""
+        mark = hashlib.sha256(repr((self, WELL_KNOWN)).encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            if checked.read_text() == mark:
+                return None
+        weak = self.well_known()
+        if weak is None:
+            with contextlib.suppress(OSError):  # not written: checked again at the next start
+                replace(checked, mark.encode(), private=True)
+        return weak
 
     def matches(self, password: str) -> bool:
         digest = hashlib.scrypt(

@@ -111,6 +111,11 @@ class ServerConfig:
         return self.state_dir / "firewall-rules.json"
 
     @property
+    def password_checked_file(self) -> Path:
+        """The mark of a shared password hash found to be of no well-known password."""
+        return self.state_dir / "password-checked"
+
+    @property
     def control_socket(self) -> Path:
         """The operator's socket; a worker's own, which its supervisor asks, when a worker."""
         return self.state_dir / (f"worker-{self.worker}.sock" if self.worker else CONTROL_SOCKET)

@@ -355,8 +355,8 @@ async def prepare(config: ServerConfig) -> None:
     the operator, not one per worker, and no two workers creating one SQLite file at once
     (which SQLite refuses: ``database is locked``)."""
     ServerCertificate(config)
-    await refuse_weak_password(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    await refuse_weak_password(config)
     store = await open_store(config)
     await store.close()
     if config.qoe_port is not None:
