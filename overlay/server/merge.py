@@ -8,7 +8,7 @@ functions of the workers' answers: :mod:`overlay.server.workers` asks them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from overlay.status import (
@@ -28,12 +28,17 @@ def status(
     started: float,
     refusals: Mapping[str, int],
     workers: list[WorkerStatus],
+    gone: Sequence[ServerStatus] = (),
 ) -> ServerStatus:
     """One status of the server ``node`` from its running workers' (at least one), by
-    worker number; each session says which worker holds it."""
+    worker number; each session says which worker holds it. ``gone``: the last answers of
+    workers that do not answer now (dead, restarted, busy), whose counts still count, so
+    that no counter the server shows goes back when a worker dies."""
     parts = list(answers.values())
+    counted = [*parts, *gone]
     first = parts[0]
     servers = [part["server"] for part in parts]
+    tallies = [part["server"] for part in counted]
     leases = union_of_leases(part["leases"] for part in parts)
     server: NodeStatus = {
         **first["server"],
@@ -42,23 +47,22 @@ def status(
         "started": started,
         "leases": len(leases),
         "pending": sum(s["pending"] for s in servers),
-        "handshakes": sum(s["handshakes"] for s in servers),
+        "handshakes": sum(s["handshakes"] for s in tallies),
         "enrolled": max(s["enrolled"] for s in servers),
         "store": {
             "backend": first["server"]["store"]["backend"],
             "up": all(s["store"]["up"] for s in servers),
-            "races": sum(s["store"]["races"] for s in servers),
-            "outages": sum(s["store"]["outages"] for s in servers),
+            "races": sum(s["store"]["races"] for s in tallies),
+            "outages": sum(s["store"]["outages"] for s in tallies),
         },
-        "taken_over": sum(s["taken_over"] for s in servers),
+        "taken_over": sum(s["taken_over"] for s in tallies),
     }
-    routes = [s["routes"] for s in servers if s["routes"] is not None]
-    if routes:
+    if first["server"]["routes"] is not None:
         server["routes"] = {
-            "installed": sum(r["installed"] for r in routes),
-            "errors": added(r["errors"] for r in routes),
+            "installed": sum(s["routes"]["installed"] for s in servers if s["routes"]),
+            "errors": added(s["routes"]["errors"] for s in tallies if s["routes"]),
         }
-    qoe = [part["qoe"] for part in parts if part["qoe"] is not None]
+    qoe = [part["qoe"] for part in counted if part["qoe"] is not None]
     return {
         "server": server,
         "sessions": sorted(
@@ -66,14 +70,49 @@ def status(
             key=lambda s: _address_key(s["address"]),
         ),
         "leases": leases,
-        "refusals": added([refusals, *(part["refusals"] for part in parts)]),
-        "drops": added(part["drops"] for part in parts),
-        "totals": traffic(part["totals"] for part in parts),
+        "refusals": added([refusals, *(part["refusals"] for part in counted)]),
+        "drops": added(part["drops"] for part in counted),
+        "totals": traffic(part["totals"] for part in counted),
         "qoe": added(qoe) if qoe else None,
-        "firewall": firewall([part["firewall"] for part in parts]),
+        "firewall": firewall(
+            [part["firewall"] for part in parts], [part["firewall"] for part in gone]
+        ),
         "certificate": first["certificate"],
         "workers": workers,
     }
+
+
+class Tally:
+    """What the workers counted, the dead included, so that no counter the server shows
+    goes back when a worker dies (Prometheus would read that as a reset of the sum).
+
+    It keeps each worker's last answer, counts only, with the pid that gave it: while a
+    worker does not answer (busy, dead, starting again) that answer stands in for it, and
+    once a new process answers in its place, it joins the counts of the dead. What a
+    worker counted after its last answer dies with it."""
+
+    def __init__(self) -> None:
+        self.answered: dict[int, tuple[int, ServerStatus]] = {}
+        self.dead: ServerStatus | None = None  # all the dead processes' counts, as one
+
+    def remember(self, number: int, pid: int, answer: ServerStatus) -> None:
+        previous = self.answered.get(number)
+        if previous is not None and previous[0] != pid:
+            counts = previous[1]
+            if self.dead is not None:
+                counts = status({0: self.dead}, "", 0, {}, [], [counts])
+            self.dead = counts_of(counts)
+        self.answered[number] = (pid, counts_of(answer))
+
+    def gone(self, answering: Collection[int]) -> list[ServerStatus]:
+        """The counts that count beside those of the workers ``answering`` now."""
+        gone = [counts for n, (_, counts) in self.answered.items() if n not in answering]
+        return gone if self.dead is None else [*gone, self.dead]
+
+
+def counts_of(answer: ServerStatus) -> ServerStatus:
+    """``answer`` without its sessions and leases: what counts of it, kept small."""
+    return {**answer, "sessions": [], "leases": []}
 
 
 def held_by(session: SessionStatus, number: int) -> SessionStatus:
@@ -115,20 +154,22 @@ def traffic(parts: Iterable[Traffic]) -> Traffic:
     }
 
 
-def firewall(parts: list[FirewallStatus]) -> FirewallStatus:
-    """The shared rules once, with the flows and hits of every worker."""
+def firewall(parts: list[FirewallStatus], gone: Sequence[FirewallStatus] = ()) -> FirewallStatus:
+    """The shared rules once, with the flows of every worker and the hits of every worker,
+    gone ones included."""
     hits: Counter[tuple[int, str]] = Counter()
-    for part in parts:
+    counted = [*parts, *gone]
+    for part in counted:
         for number, action, count in part["hits"]:
             hits[(number, action)] += count
     first = parts[0]
     return {
         **first,
         "flows": sum(p["flows"] for p in parts),
-        "opened": sum(p["opened"] for p in parts),
-        "unmatched": sum(p["unmatched"] for p in parts),
+        "opened": sum(p["opened"] for p in counted),
+        "unmatched": sum(p["unmatched"] for p in counted),
         "hits": [(number, action, hits[(number, action)]) for number, action, _ in first["hits"]],
-        "sip": added(p["sip"] for p in parts),
+        "sip": added(p["sip"] for p in counted),
         "sip_held": sum(p["sip_held"] for p in parts),
     }
 

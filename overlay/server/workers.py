@@ -110,6 +110,7 @@ class Supervisor:
         ]
         self.refusals: Counter[str] = Counter()  # the admin listener's
         self.hub = relay.Hub()  # what a worker tells, to the others
+        self.tally = merge.Tally()  # what workers that died or do not answer had counted
         self.started = time.time()
         self.stopping = False
         self._reloading: set[asyncio.Task[None]] = set()
@@ -220,6 +221,9 @@ class Supervisor:
     async def status(self) -> ServerStatus:
         answers = await self.each(control.fetch_status)
         parts = {worker.number: server_status(part) for worker, part in answers}
+        for worker, _ in answers:
+            assert worker.process is not None
+            self.tally.remember(worker.number, worker.process.pid, parts[worker.number])
         workers: list[WorkerStatus] = [
             {
                 "number": w.number,
@@ -232,7 +236,9 @@ class Supervisor:
             }
             for w in self.workers
         ]
-        merged = merge.status(parts, self.config.node, self.started, self.refusals, workers)
+        merged = merge.status(
+            parts, self.config.node, self.started, self.refusals, workers, self.tally.gone(parts)
+        )
         merged["server"]["relay_dropped"] = self.hub.dropped
         return merged
 

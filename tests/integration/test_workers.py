@@ -175,7 +175,9 @@ def test_a_worker_that_dies_is_started_again_and_its_devices_return_with_their_a
     assert overlay.server_config is not None
     simulate(overlay, 30)
     before = held(overlay)
-    victim, other = overlay.server_status()["workers"]
+    status = overlay.server_status()
+    victim, other = status["workers"]
+    handshakes = status["server"]["handshakes"]
     other_socket = overlay.server_config.parent / "state" / "worker-2.sock"
 
     def sessions_of_other() -> set[str]:
@@ -198,6 +200,9 @@ def test_a_worker_that_dies_is_started_again_and_its_devices_return_with_their_a
     # the other worker went on: same process, and its tunnels never dropped
     assert (status["workers"][1]["pid"], status["workers"][1]["restarts"]) == (other["pid"], 0)
     assert kept <= sessions_of_other()
+    # no counter went back with the dead worker: its handshakes still count, and its
+    # devices' new ones add to them
+    assert status["server"]["handshakes"] >= handshakes + lost
     print(f"{lost} devices of the killed worker back with their addresses")
     log = overlay.server_log.read_text()
     assert "worker died; starting it again" in log

@@ -135,3 +135,41 @@ def test_a_rule_listing_adds_every_workers_hits() -> None:
         "rules": [{"number": 10, "action": "allow", "hits": 4}, {"number": 15, "hits": 2}],
         "source": source,
     }
+
+
+def test_no_count_goes_back_when_a_worker_dies_or_does_not_answer() -> None:
+    tally = merge.Tally()
+
+    def merged(answers: dict[int, Any]) -> Any:
+        return merge.status(answers, "srv", 5.0, {}, [], tally.gone(answers))
+
+    def counts(status: Any) -> tuple[Any, ...]:
+        fw = status["firewall"]
+        return (
+            status["server"]["handshakes"],
+            status["refusals"]["bad-password"],
+            status["totals"]["rx_packets"],
+            status["drops"]["policy"],
+            status["qoe"]["stored"],
+            fw["opened"],
+            fw["hits"][0][2],
+            status["server"]["routes"]["errors"]["del"],
+        )
+
+    one, two = worker(1, [("a", "169.254.1.9")], []), worker(2, [("b", "169.254.1.10")], [])
+    tally.remember(1, 101, one)
+    tally.remember(2, 102, two)
+    assert counts(merged({1: one, 2: two})) == (30, 3, 3, 3, 3, 3, 3, 2)
+    # worker 2 busy (or dead): its last counts stand in for it, its sessions do not
+    status = merged({1: one})
+    assert counts(status) == (30, 3, 3, 3, 3, 3, 3, 2)
+    assert [s["device"] for s in status["sessions"]] == ["a"]
+    assert status["firewall"]["flows"] == 1 and status["server"]["pending"] == 1
+    # a new worker 2 answers from zero, twice in a row: the dead one's counts stay
+    fresh = worker(2, [], [])
+    for _ in range(2):
+        tally.remember(2, 202, fresh)
+        assert counts(merged({1: one, 2: fresh})) == (50, 5, 5, 5, 5, 5, 5, 3)
+    # and a second death adds to the first
+    tally.remember(2, 302, fresh)
+    assert counts(merged({1: one, 2: fresh})) == (70, 7, 7, 7, 7, 7, 7, 4)
